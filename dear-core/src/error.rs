@@ -1,0 +1,184 @@
+//! The crate's one error type.
+//!
+//! Every variant names the file, field, tensor or value at fault, so that a user who
+//! sees the message knows what to fix without reading the source.
+
+use std::path::{Path, PathBuf};
+
+/// Errors returned by `dear-core`.
+///
+/// Within the crate, refer to the result alias as `crate::Result<T>`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("cannot read '{path}': {source}")]
+    Io {
+        /// The file at fault.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A JSON file (config, tokenizer config, adapter config, ...) is not valid JSON
+    /// or does not have the expected structure.
+    #[error("invalid JSON in '{path}': {message}")]
+    Json {
+        /// The file at fault.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+
+    /// A configuration value is missing or out of range.
+    #[error("invalid config '{path}': field `{field}`: {message}")]
+    Config {
+        /// The file (or GGUF) the value comes from.
+        path: PathBuf,
+        /// The field at fault.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+
+    /// The model declares an architecture this crate cannot run.
+    #[error("unsupported model architecture '{architecture}' in '{path}': only Llama-family models (model_type \"llama\", GGUF general.architecture \"llama\") are supported")]
+    UnsupportedArchitecture {
+        /// The architecture string found in the file.
+        architecture: String,
+        /// The file at fault.
+        path: PathBuf,
+    },
+
+    /// A weight file (safetensors or GGUF) is truncated or malformed.
+    #[error("corrupt model file '{path}': {message}")]
+    CorruptFile {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+
+    /// A tensor the model needs is not in the weight files.
+    #[error("tensor '{name}' not found in '{path}'")]
+    MissingTensor {
+        /// The tensor name, as written in the checkpoint.
+        name: String,
+        /// The file (or directory) searched.
+        path: PathBuf,
+    },
+
+    /// A tensor exists but has a shape that does not fit the config.
+    #[error("tensor '{name}' has shape {actual:?}, expected {expected:?}")]
+    TensorShape {
+        /// The tensor name, as written in the checkpoint.
+        name: String,
+        /// The shape implied by the config.
+        expected: Vec<usize>,
+        /// The shape found in the file.
+        actual: Vec<usize>,
+    },
+
+    /// No usable model files were found at a location.
+    #[error("no model found at '{path}': {message}")]
+    ModelNotFound {
+        /// The path or id that was searched.
+        path: PathBuf,
+        /// What was looked for.
+        message: String,
+    },
+
+    /// The tokenizer is missing, malformed, or failed on an input.
+    #[error("tokenizer error ({context}): {message}")]
+    Tokenizer {
+        /// Where the tokenizer came from, or what was being tokenized.
+        context: String,
+        /// What went wrong.
+        message: String,
+    },
+
+    /// The chat template is missing, does not compile, or raised an exception.
+    #[error("chat template error: {0}")]
+    ChatTemplate(String),
+
+    /// A file on the Hugging Face Hub could not be resolved.
+    #[error("hub model '{repo}' (revision '{revision}'): {message}")]
+    Hub {
+        /// The repository id.
+        repo: String,
+        /// The revision asked for.
+        revision: String,
+        /// What went wrong (not cached while offline, network error, ...).
+        message: String,
+    },
+
+    /// An input was empty where content is required.
+    #[error("empty input: {0}")]
+    EmptyInput(String),
+
+    /// An input does not fit in the model's context window.
+    #[error("input of {tokens} tokens does not fit the context window of {max} tokens ({what})")]
+    ContextOverflow {
+        /// What overflowed (a prompt, a sequence of a batch, ...).
+        what: String,
+        /// The number of tokens asked for.
+        tokens: usize,
+        /// The largest number allowed.
+        max: usize,
+    },
+
+    /// An argument is invalid (a zero window, an unknown option, ...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// CUDA was requested, but this build has no CUDA support.
+    #[error("CUDA device requested, but dear-core was built without the `cuda` feature")]
+    CudaNotCompiled,
+
+    /// An error from the tensor library while running the model.
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    pub(crate) fn json(path: impl AsRef<Path>, err: impl std::fmt::Display) -> Self {
+        Error::Json {
+            path: path.as_ref().to_path_buf(),
+            message: err.to_string(),
+        }
+    }
+
+    pub(crate) fn config(
+        path: impl AsRef<Path>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Error::Config {
+            path: path.as_ref().to_path_buf(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn corrupt(path: impl AsRef<Path>, message: impl std::fmt::Display) -> Self {
+        Error::CorruptFile {
+            path: path.as_ref().to_path_buf(),
+            message: message.to_string(),
+        }
+    }
+
+    pub(crate) fn tokenizer(context: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        Error::Tokenizer {
+            context: context.into(),
+            message: message.to_string(),
+        }
+    }
+}

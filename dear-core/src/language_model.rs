@@ -1,0 +1,169 @@
+//! A loaded language model: the network, its tokenizer and its chat template, found
+//! from a GGUF file, a Hugging Face directory or a hub id.
+
+use std::path::PathBuf;
+
+use crate::generate::{generate, GenerateOptions, Generation};
+use crate::loader::{self, LoadOptions, ModelFiles};
+use crate::model::Llama;
+use crate::{ChatMessage, Error, Tokenizer};
+
+/// The file name of the default model inside the dear cache.
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Where `scripts/fetch-model.sh` puts the default model (SmolLM2-135M-Instruct,
+/// Q4_1 GGUF): `$DEAR_HOME/models/`, with `DEAR_HOME` defaulting to `~/.cache/dear`.
+pub fn default_model_path() -> PathBuf {
+    let home = std::env::var_os("DEAR_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default()
+                .join(".cache")
+                .join("dear")
+        });
+    home.join("models").join(DEFAULT_MODEL_FILE)
+}
+
+/// A Llama network with its tokenizer.
+///
+/// # Example
+/// ```no_run
+/// use dear_core::{GenerateOptions, LanguageModel, LoadOptions};
+/// let lm = LanguageModel::load("SmolLM2-135M-Instruct.Q4_1.gguf", &LoadOptions::default())?;
+/// let prompt = lm.chat_prompt("What is the capital of France?")?;
+/// let out = lm.generate(&prompt, &GenerateOptions::default().with_max_new_tokens(16), &mut |_| true)?;
+/// println!("{}", lm.tokenizer().decode(&out.tokens, true)?);
+/// # Ok::<(), dear_core::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct LanguageModel {
+    llama: Llama,
+    tokenizer: Tokenizer,
+    source: String,
+}
+
+impl LanguageModel {
+    /// Loads a model from a `.gguf` file, a Hugging Face directory (`config.json`,
+    /// tokenizer files, safetensors) or a hub id (`org/name`, through the HF cache).
+    ///
+    /// # Errors
+    /// Any loading error: missing or corrupt files (named), an unsupported
+    /// architecture, tensors whose shapes do not fit the config, a missing tokenizer,
+    /// a hub id that is not cached while offline.
+    pub fn load(spec: &str, options: &LoadOptions) -> crate::Result<Self> {
+        let files = loader::locate(spec, options.hub())?;
+        let (cfg, weights, freqs) = loader::open(&files, options)?;
+        let device = options.device().open()?;
+        let quantized = matches!(files, ModelFiles::Gguf(_))
+            || options.quantization() != loader::Quantization::None;
+        // Quantized matmuls take f32 activations.
+        let dtype = if quantized {
+            candle_core::DType::F32
+        } else {
+            options.dtype().candle()
+        };
+        let tokenizer = loader::open_tokenizer(&files)?;
+        let llama = Llama::load(weights.as_ref(), cfg, freqs.as_deref(), device, dtype)?;
+        if tokenizer.vocab_size() > llama.config().vocab_size {
+            tracing::warn!(
+                tokenizer = tokenizer.vocab_size(),
+                model = llama.config().vocab_size,
+                "the tokenizer knows more tokens than the model has embeddings"
+            );
+        }
+        Ok(Self {
+            llama,
+            tokenizer,
+            source: spec.to_string(),
+        })
+    }
+
+    /// The network.
+    pub fn llama(&self) -> &Llama {
+        &self.llama
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// What the model was loaded from.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Token ids of `text` as given: special tokens written in it are recognised, and
+    /// nothing is added unless the tokenizer's own post-processor adds it.
+    ///
+    /// # Errors
+    /// [`Error::EmptyInput`] when `text` is empty or encodes to no token.
+    pub fn plain_prompt(&self, text: &str) -> crate::Result<Vec<u32>> {
+        if text.is_empty() {
+            return Err(Error::EmptyInput("the prompt is empty".into()));
+        }
+        let ids = self.tokenizer.encode(text, true)?;
+        if ids.is_empty() {
+            return Err(Error::EmptyInput("the prompt encodes to no token".into()));
+        }
+        Ok(ids)
+    }
+
+    /// Token ids of `text` wrapped as one user message through the model's chat
+    /// template, with the generation prompt, as transformers'
+    /// `apply_chat_template(..., add_generation_prompt=True)` produces them.
+    ///
+    /// # Errors
+    /// [`Error::EmptyInput`] for an empty text, [`Error::ChatTemplate`] when the model
+    /// has no chat template or it fails.
+    pub fn chat_prompt(&self, text: &str) -> crate::Result<Vec<u32>> {
+        if text.trim().is_empty() {
+            return Err(Error::EmptyInput("the prompt is empty".into()));
+        }
+        self.chat_ids(&[ChatMessage::user(text)], true)
+    }
+
+    /// Renders `messages` through the chat template and tokenizes the result without
+    /// adding special tokens (the template writes them), as transformers does.
+    ///
+    /// # Errors
+    /// [`Error::ChatTemplate`] when the model has no chat template or it fails.
+    pub fn chat_ids(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> crate::Result<Vec<u32>> {
+        let template = self.tokenizer.chat_template().ok_or_else(|| {
+            Error::ChatTemplate(format!("the model at '{}' has no chat template", self.source))
+        })?;
+        let text = template.render(messages, add_generation_prompt)?;
+        self.tokenizer.encode(&text, false)
+    }
+
+    /// Generates a continuation of one prompt, streaming tokens to `on_token`
+    /// (return `false` to stop). Stops at the tokenizer's end tokens unless the
+    /// options name others.
+    ///
+    /// # Errors
+    /// See [`crate::generate()`].
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> crate::Result<Generation> {
+        let mut cb = |_: usize, t: u32| on_token(t);
+        let mut out = generate(
+            &self.llama,
+            &[prompt.to_vec()],
+            options,
+            self.tokenizer.end_token_ids(),
+            &mut cb,
+        )?;
+        out.pop()
+            .ok_or_else(|| Error::InvalidArgument("generation returned nothing".into()))
+    }
+}

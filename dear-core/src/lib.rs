@@ -1,0 +1,55 @@
+//! `dear-core`: Llama-family inference on candle and the engine-agnostic pieces of
+//! DeAR reranking.
+//!
+//! # Overview
+//! - [`LanguageModel`] loads a model from a GGUF file, a Hugging Face directory or a
+//!   hub id ([`LoadOptions`]: device, dtype, quantization at load, hub cache).
+//! - [`Llama`] is the network: immutable, shared as `&self`, run over packed
+//!   [`Batch`]es of sequences of different lengths with per-request [`KvCache`]s.
+//! - [`generate()`] decodes many sequences at once (greedy or seeded top-p).
+//! - [`Tokenizer`] and [`ChatTemplate`] reproduce what transformers builds from the same
+//!   files, including tokenizers rebuilt from GGUF metadata.
+//!
+//! # Example
+//! ```no_run
+//! use dear_core::{GenerateOptions, LanguageModel, LoadOptions};
+//! let lm = LanguageModel::load(
+//!     &dear_core::default_model_path().to_string_lossy(),
+//!     &LoadOptions::default(),
+//! )?;
+//! let prompt = lm.chat_prompt("What is the capital of France?")?;
+//! let answer = lm.generate(&prompt, &GenerateOptions::default().with_max_new_tokens(20), &mut |_| true)?;
+//! println!("{}", lm.tokenizer().decode(&answer.tokens, true)?);
+//! # Ok::<(), dear_core::Error>(())
+//! ```
+//!
+//! # Crate features
+//! - `cuda`: candle's CUDA backend. Without it, [`Device::Cuda`] is an error, never a panic.
+#![warn(missing_docs)]
+
+mod batch;
+mod chat_template;
+mod config;
+mod device;
+mod error;
+mod generate;
+mod language_model;
+mod loader;
+mod model;
+mod tokenizer;
+
+pub use crate::batch::Batch;
+pub use crate::chat_template::{ChatMessage, ChatTemplate};
+pub use crate::config::{ModelConfig, RopeConfig, RopeScaling};
+pub use crate::device::Device;
+pub use crate::error::Error;
+pub use crate::generate::{generate, FinishReason, GenerateOptions, Generation, Sampling};
+pub use crate::language_model::{default_model_path, LanguageModel, DEFAULT_MODEL_FILE};
+pub use crate::loader::{HubOptions, LoadOptions, Quantization, WeightDType};
+pub use crate::model::{ForwardOutput, KvCache, Llama, Outputs, Select};
+pub use crate::tokenizer::Tokenizer;
+
+/// The result type of this crate.
+///
+/// Within dear-core, refer to it as `crate::Result<T>`.
+pub type Result<T> = std::result::Result<T, Error>;

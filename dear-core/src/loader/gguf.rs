@@ -1,0 +1,377 @@
+//! GGUF files with `general.architecture = llama`: metadata to config, quantized
+//! tensors in every type candle supports, kept in their own type.
+//!
+//! GGUF names tensors the llama.cpp way (`blk.0.attn_q.weight`); this source answers
+//! to transformers names and translates. llama.cpp's converter permutes the rows of
+//! `q_proj`/`k_proj` for interleaved rotary embeddings; they are permuted back here
+//! (whole rows of quantized blocks move, so this is exact), as transformers'
+//! GGUF loader does, so the network uses one rotary convention for every format.
+
+use std::borrow::Cow;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::{DType, Device, Tensor};
+use parking_lot::Mutex;
+
+use crate::config::{ModelConfig, RopeConfig, RopeScaling};
+use crate::loader::{check_shape, Matrix, WeightSource};
+use crate::Error;
+
+/// Reads a GGUF header (metadata and tensor directory), checking that every tensor's
+/// data lies inside the file.
+pub(crate) fn read_content(path: &Path) -> crate::Result<Content> {
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let content = Content::read(&mut file).map_err(|e| Error::corrupt(path, e))?;
+    for (name, info) in &content.tensor_infos {
+        let elems = info.shape.elem_count();
+        let block = info.ggml_dtype.block_size();
+        if elems % block != 0 {
+            return Err(Error::corrupt(
+                path,
+                format!("tensor '{name}' has {elems} elements, not a multiple of its block size {block}"),
+            ));
+        }
+        let bytes = (elems / block * info.ggml_dtype.type_size()) as u64;
+        let end = content
+            .tensor_data_offset
+            .saturating_add(info.offset)
+            .saturating_add(bytes);
+        if end > len {
+            return Err(Error::corrupt(
+                path,
+                format!("truncated: tensor '{name}' ends at byte {end}, the file has {len} bytes"),
+            ));
+        }
+    }
+    Ok(content)
+}
+
+/// Translates a transformers tensor name to its GGUF name.
+fn gguf_name(hf: &str) -> Option<String> {
+    match hf {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let (module, suffix) = rest.rsplit_once('.')?;
+    let module = match module {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{module}.{suffix}"))
+}
+
+fn md_usize(content: &Content, path: &Path, key: &str) -> crate::Result<Option<usize>> {
+    let Some(v) = content.metadata.get(key) else {
+        return Ok(None);
+    };
+    let n = match v {
+        Value::U8(x) => *x as i128,
+        Value::I8(x) => *x as i128,
+        Value::U16(x) => *x as i128,
+        Value::I16(x) => *x as i128,
+        Value::U32(x) => *x as i128,
+        Value::I32(x) => *x as i128,
+        Value::U64(x) => *x as i128,
+        Value::I64(x) => *x as i128,
+        _ => return Err(Error::config(path, key, "not an integer")),
+    };
+    usize::try_from(n)
+        .map(Some)
+        .map_err(|_| Error::config(path, key, format!("{n} is out of range")))
+}
+
+fn md_f64(content: &Content, path: &Path, key: &str) -> crate::Result<Option<f64>> {
+    match content.metadata.get(key) {
+        None => Ok(None),
+        Some(Value::F32(x)) => Ok(Some(*x as f64)),
+        Some(Value::F64(x)) => Ok(Some(*x)),
+        Some(_) => Err(Error::config(path, key, "not a floating-point number")),
+    }
+}
+
+fn md_str<'a>(content: &'a Content, key: &str) -> Option<&'a str> {
+    match content.metadata.get(key) {
+        Some(Value::String(s)) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+/// Quantized weights from a GGUF file.
+pub(crate) struct GgufSource {
+    path: PathBuf,
+    content: Content,
+    file: Mutex<File>,
+    device: Device,
+}
+
+impl GgufSource {
+    pub(crate) fn open(path: &Path, device: Device) -> crate::Result<Self> {
+        let content = read_content(path)?;
+        let arch = md_str(&content, "general.architecture").ok_or_else(|| {
+            Error::config(path, "general.architecture", "missing from the GGUF metadata")
+        })?;
+        if arch != "llama" {
+            return Err(Error::UnsupportedArchitecture {
+                architecture: arch.to_string(),
+                path: path.to_path_buf(),
+            });
+        }
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            content,
+            file: Mutex::new(file),
+            device,
+        })
+    }
+
+    /// The model config, from `llama.*` metadata.
+    pub(crate) fn config(&self) -> crate::Result<ModelConfig> {
+        let (c, p) = (&self.content, self.path.as_path());
+        let need = |key: &str| -> crate::Result<usize> {
+            md_usize(c, p, key)?.ok_or_else(|| Error::config(p, key, "missing from the GGUF metadata"))
+        };
+        let hidden_size = need("llama.embedding_length")?;
+        let num_heads = need("llama.attention.head_count")?;
+        if num_heads == 0 {
+            return Err(Error::config(p, "llama.attention.head_count", "must be greater than 0"));
+        }
+        let head_dim = match md_usize(c, p, "llama.attention.key_length")? {
+            Some(d) => d,
+            None => hidden_size / num_heads,
+        };
+        let vocab_size = match md_usize(c, p, "llama.vocab_size")? {
+            Some(v) => v,
+            None => match c.metadata.get("tokenizer.ggml.tokens") {
+                Some(Value::Array(tokens)) => tokens.len(),
+                _ => match c.tensor_infos.get("token_embd.weight") {
+                    Some(info) => info.shape.dims()[0],
+                    None => return Err(Error::config(p, "llama.vocab_size", "missing")),
+                },
+            },
+        };
+        let scaling = match md_str(c, "llama.rope.scaling.type") {
+            None | Some("none") => RopeScaling::Default,
+            Some("linear") => RopeScaling::Linear {
+                factor: md_f64(c, p, "llama.rope.scaling.factor")?.unwrap_or(1.0) as f32,
+            },
+            Some(other) => {
+                return Err(Error::config(
+                    p,
+                    "llama.rope.scaling.type",
+                    format!("unsupported rope scaling {other:?} (supported: none, linear)"),
+                ))
+            }
+        };
+        let token_id = |key: &str| -> crate::Result<Option<u32>> {
+            Ok(md_usize(c, p, key)?.map(|v| v as u32))
+        };
+        let cfg = ModelConfig {
+            vocab_size,
+            hidden_size,
+            intermediate_size: need("llama.feed_forward_length")?,
+            num_layers: need("llama.block_count")?,
+            num_heads,
+            num_kv_heads: md_usize(c, p, "llama.attention.head_count_kv")?.unwrap_or(num_heads),
+            head_dim,
+            rms_norm_eps: md_f64(c, p, "llama.attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
+            rope: RopeConfig {
+                theta: md_f64(c, p, "llama.rope.freq_base")?.unwrap_or(10_000.0) as f32,
+                scaling,
+            },
+            max_position_embeddings: md_usize(c, p, "llama.context_length")?.unwrap_or(2048),
+            tie_word_embeddings: !c.tensor_infos.contains_key("output.weight"),
+            attention_bias: c.tensor_infos.contains_key("blk.0.attn_q.bias"),
+            mlp_bias: c.tensor_infos.contains_key("blk.0.ffn_up.bias"),
+            num_labels: None,
+            bos_token_id: token_id("tokenizer.ggml.bos_token_id")?,
+            eos_token_ids: token_id("tokenizer.ggml.eos_token_id")?.into_iter().collect(),
+            pad_token_id: token_id("tokenizer.ggml.padding_token_id")?,
+        };
+        cfg.validate(p)?;
+        if let Some(rope_dim) = md_usize(c, p, "llama.rope.dimension_count")? {
+            if rope_dim != head_dim {
+                return Err(Error::config(
+                    p,
+                    "llama.rope.dimension_count",
+                    format!("partial rotary embeddings ({rope_dim} of {head_dim} dims) are not supported"),
+                ));
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// llama.cpp's `rope_freqs.weight` (Llama-3.1 frequency factors), when present.
+    pub(crate) fn rope_freq_divisors(&self) -> crate::Result<Option<Vec<f32>>> {
+        if !self.content.tensor_infos.contains_key("rope_freqs.weight") {
+            return Ok(None);
+        }
+        let t = self.read("rope_freqs.weight", &Device::Cpu)?;
+        Ok(Some(t.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?))
+    }
+
+    fn read(&self, gguf: &str, device: &Device) -> crate::Result<QTensor> {
+        let mut file = self.file.lock();
+        self.content
+            .tensor(&mut *file, gguf, device)
+            .map_err(|e| Error::corrupt(&self.path, format!("tensor '{gguf}': {e}")))
+    }
+
+    fn lookup(&self, name: &str) -> crate::Result<String> {
+        gguf_name(name)
+            .filter(|g| self.content.tensor_infos.contains_key(g))
+            .ok_or_else(|| Error::MissingTensor {
+                name: gguf_name(name).unwrap_or_else(|| name.to_string()),
+                path: self.path.clone(),
+            })
+    }
+
+    /// The number of heads whose rows llama.cpp permuted in this tensor, if any.
+    fn permuted_heads(&self, name: &str) -> crate::Result<Option<usize>> {
+        let (c, p) = (&self.content, self.path.as_path());
+        let heads = |key: &str| md_usize(c, p, key);
+        if name.ends_with("self_attn.q_proj.weight") || name.ends_with("self_attn.q_proj.bias") {
+            return heads("llama.attention.head_count");
+        }
+        if name.ends_with("self_attn.k_proj.weight") || name.ends_with("self_attn.k_proj.bias") {
+            return Ok(heads("llama.attention.head_count_kv")?
+                .or(heads("llama.attention.head_count")?));
+        }
+        Ok(None)
+    }
+
+    /// Reads a tensor, undoing llama.cpp's q/k row permutation.
+    fn read_hf_layout(&self, name: &str) -> crate::Result<QTensor> {
+        let gguf = self.lookup(name)?;
+        match self.permuted_heads(name)? {
+            None => self.read(&gguf, &self.device),
+            Some(heads) => {
+                let t = self.read(&gguf, &Device::Cpu)?;
+                unpermute_rows(&t, heads, &self.device)
+                    .map_err(|e| Error::corrupt(&self.path, format!("tensor '{gguf}': {e}")))
+            }
+        }
+    }
+}
+
+/// Inverse of llama.cpp's `permute(w, n_head)`: GGUF row `h*hd + 2j + t` holds
+/// transformers row `h*hd + t*hd/2 + j`. Rows are whole quantized blocks, so the bytes
+/// of each row move as they are.
+fn unpermute_rows(t: &QTensor, heads: usize, device: &Device) -> crate::Result<QTensor> {
+    let dims = t.shape().dims().to_vec();
+    let rows = dims[0];
+    let row_elems: usize = dims[1..].iter().product();
+    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
+        return Err(Error::InvalidArgument(format!(
+            "{rows} rows cannot be split into {heads} heads of even size"
+        )));
+    }
+    let dtype = t.dtype();
+    let row_bytes = row_elems / dtype.block_size() * dtype.type_size();
+    let data = t.data()?;
+    let hd = rows / heads;
+    let half = hd / 2;
+    let mut out = vec![0u8; data.len()];
+    for h in 0..heads {
+        for j in 0..half {
+            for s in 0..2 {
+                let src = h * hd + 2 * j + s;
+                let dst = h * hd + s * half + j;
+                out[dst * row_bytes..(dst + 1) * row_bytes]
+                    .copy_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
+            }
+        }
+    }
+    let storage = QStorage::from_data(Cow::Owned(out), device, dtype)?;
+    Ok(QTensor::new(storage, dims)?)
+}
+
+fn is_float(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+}
+
+impl WeightSource for GgufSource {
+    fn location(&self) -> &Path {
+        &self.path
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        gguf_name(name).is_some_and(|g| self.content.tensor_infos.contains_key(&g))
+    }
+
+    fn dense(&self, name: &str, shape: &[usize], dtype: DType) -> crate::Result<Tensor> {
+        let t = self.read_hf_layout(name)?;
+        check_shape(name, shape, t.shape().dims())?;
+        Ok(t.dequantize(&self.device)?.to_dtype(dtype)?)
+    }
+
+    fn matrix(&self, name: &str, shape: (usize, usize), dtype: DType) -> crate::Result<Matrix> {
+        let t = self.read_hf_layout(name)?;
+        check_shape(name, &[shape.0, shape.1], t.shape().dims())?;
+        if is_float(t.dtype()) {
+            return Ok(Matrix::Dense(t.dequantize(&self.device)?.to_dtype(dtype)?));
+        }
+        Ok(Matrix::Quantized(Arc::new(t)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_translate() {
+        assert_eq!(
+            gguf_name("model.layers.12.self_attn.o_proj.weight").as_deref(),
+            Some("blk.12.attn_output.weight")
+        );
+        assert_eq!(
+            gguf_name("model.layers.0.post_attention_layernorm.weight").as_deref(),
+            Some("blk.0.ffn_norm.weight")
+        );
+        assert_eq!(gguf_name("lm_head.weight").as_deref(), Some("output.weight"));
+        assert_eq!(gguf_name("score.weight"), None);
+    }
+
+    /// Permuting rows the llama.cpp way and back is the identity.
+    #[test]
+    fn unpermute_inverts_llama_cpp_permute() -> crate::Result<()> {
+        let (heads, hd, cols) = (3usize, 4usize, 32usize);
+        let rows = heads * hd;
+        let hf: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+        // llama.cpp: gguf[h, j, t] = hf[h, t, j]
+        let mut gguf = vec![0f32; rows * cols];
+        for h in 0..heads {
+            for j in 0..hd / 2 {
+                for t in 0..2 {
+                    let src = h * hd + t * (hd / 2) + j;
+                    let dst = h * hd + 2 * j + t;
+                    gguf[dst * cols..(dst + 1) * cols]
+                        .copy_from_slice(&hf[src * cols..(src + 1) * cols]);
+                }
+            }
+        }
+        let dev = Device::Cpu;
+        let q = QTensor::quantize(&Tensor::from_vec(gguf, (rows, cols), &dev)?, GgmlDType::F32)?;
+        let back = unpermute_rows(&q, heads, &dev)?.dequantize(&dev)?;
+        assert_eq!(back.flatten_all()?.to_vec1::<f32>()?, hf);
+        Ok(())
+    }
+}

@@ -1,0 +1,401 @@
+//! Finding and opening model files: Hugging Face directories (`config.json` +
+//! safetensors), GGUF files, and hub ids resolved through the Hugging Face cache.
+//!
+//! Whatever the format, the network is built from one [`WeightSource`], which hands out
+//! tensors by their transformers names (`model.layers.0.self_attn.q_proj.weight`) so
+//! that the model code reads like `modeling_llama.py` and LoRA adapters (written
+//! against those names) apply to every format.
+
+mod gguf;
+mod hub;
+mod safetensors;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Tensor};
+
+use crate::config::ModelConfig;
+use crate::device::Device;
+use crate::Error;
+
+pub use self::hub::HubOptions;
+pub(crate) use self::hub::resolve_hub_model;
+
+/// Quantization applied to dense (safetensors) weights at load time.
+///
+/// GGUF weights keep the type they were stored with whatever is chosen here.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Quantization {
+    /// Keep the weights dense, in [`LoadOptions::dtype`].
+    #[default]
+    None,
+    /// 8-bit blocks of 32 (ggml `q8_0`).
+    Q8_0,
+    /// 4-bit blocks of 32 with a scale (ggml `q4_0`).
+    Q4_0,
+    /// 4-bit k-quants, super-blocks of 256 (ggml `q4_K`).
+    Q4K,
+}
+
+impl Quantization {
+    pub(crate) fn ggml(self) -> Option<GgmlDType> {
+        match self {
+            Quantization::None => None,
+            Quantization::Q8_0 => Some(GgmlDType::Q8_0),
+            Quantization::Q4_0 => Some(GgmlDType::Q4_0),
+            Quantization::Q4K => Some(GgmlDType::Q4K),
+        }
+    }
+}
+
+impl std::str::FromStr for Quantization {
+    type Err = Error;
+
+    /// Parses `none`, `q8_0`, `q4_0` or `q4_k`.
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "none" => Ok(Quantization::None),
+            "q8_0" => Ok(Quantization::Q8_0),
+            "q4_0" => Ok(Quantization::Q4_0),
+            "q4_k" | "q4k" => Ok(Quantization::Q4K),
+            _ => Err(Error::InvalidArgument(format!(
+                "unknown quantization {s:?} (use none, q8_0, q4_0 or q4_k)"
+            ))),
+        }
+    }
+}
+
+/// The dtype of dense weights and activations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightDType {
+    /// 32-bit floats (the default: exact on every CPU).
+    #[default]
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16 (what DeAR's checkpoints are stored in).
+    BF16,
+}
+
+impl WeightDType {
+    pub(crate) fn candle(self) -> DType {
+        match self {
+            WeightDType::F32 => DType::F32,
+            WeightDType::F16 => DType::F16,
+            WeightDType::BF16 => DType::BF16,
+        }
+    }
+}
+
+impl std::str::FromStr for WeightDType {
+    type Err = Error;
+
+    /// Parses `f32`, `f16` or `bf16`.
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(WeightDType::F32),
+            "f16" | "float16" => Ok(WeightDType::F16),
+            "bf16" | "bfloat16" => Ok(WeightDType::BF16),
+            _ => Err(Error::InvalidArgument(format!(
+                "unknown dtype {s:?} (use f32, f16 or bf16)"
+            ))),
+        }
+    }
+}
+
+/// How to load a model.
+///
+/// # Example
+/// ```
+/// use dear_core::{Device, LoadOptions, Quantization, WeightDType};
+/// let options = LoadOptions::default()
+///     .with_device(Device::Cpu)
+///     .with_dtype(WeightDType::F32)
+///     .with_quantization(Quantization::Q8_0);
+/// assert_eq!(options.quantization(), Quantization::Q8_0);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    device: Device,
+    dtype: WeightDType,
+    quantization: Quantization,
+    hub: HubOptions,
+}
+
+impl LoadOptions {
+    /// The device to load onto. Default: [`Device::Cpu`].
+    #[must_use]
+    pub fn with_device(mut self, device: Device) -> Self {
+        self.device = device;
+        self
+    }
+
+    /// The dtype of dense weights and activations. Default: f32. Quantized weights
+    /// always compute with f32 activations.
+    #[must_use]
+    pub fn with_dtype(mut self, dtype: WeightDType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
+    /// Quantization of dense weights at load. Default: none.
+    #[must_use]
+    pub fn with_quantization(mut self, quantization: Quantization) -> Self {
+        self.quantization = quantization;
+        self
+    }
+
+    /// Hub resolution settings (cache folder, offline mode, revision).
+    #[must_use]
+    pub fn with_hub(mut self, hub: HubOptions) -> Self {
+        self.hub = hub;
+        self
+    }
+
+    /// The device.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The dense dtype.
+    pub fn dtype(&self) -> WeightDType {
+        self.dtype
+    }
+
+    /// The quantization.
+    pub fn quantization(&self) -> Quantization {
+        self.quantization
+    }
+
+    /// The hub settings.
+    pub fn hub(&self) -> &HubOptions {
+        &self.hub
+    }
+}
+
+/// The files of a model, once located.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ModelFiles {
+    /// A Hugging Face layout: a directory with `config.json`, tokenizer files and
+    /// safetensors weights (possibly spread over shards listed by an index).
+    HfDir {
+        dir: PathBuf,
+        weights: Vec<PathBuf>,
+    },
+    /// One GGUF file holding weights, config and tokenizer.
+    Gguf(PathBuf),
+}
+
+/// Locates a model given as a GGUF file, a Hugging Face directory or a hub id.
+///
+/// # Errors
+/// [`Error::ModelNotFound`] when `spec` is neither an existing path nor a hub id;
+/// hub resolution errors otherwise.
+pub(crate) fn locate(spec: &str, hub: &HubOptions) -> crate::Result<ModelFiles> {
+    let path = Path::new(spec);
+    if path.is_file() {
+        return if has_extension(path, "gguf") {
+            Ok(ModelFiles::Gguf(path.to_path_buf()))
+        } else {
+            Err(Error::ModelNotFound {
+                path: path.to_path_buf(),
+                message: "a model file must be a .gguf; for safetensors give the directory holding config.json".into(),
+            })
+        };
+    }
+    if path.is_dir() {
+        return locate_dir(path);
+    }
+    if looks_like_hub_id(spec) {
+        let dir = resolve_hub_model(spec, hub)?;
+        return locate_dir(&dir);
+    }
+    Err(Error::ModelNotFound {
+        path: path.to_path_buf(),
+        message: "no such file or directory, and not a hub id of the form `org/name`".into(),
+    })
+}
+
+fn has_extension(path: &Path, ext: &str) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case(ext))
+}
+
+pub(crate) fn looks_like_hub_id(spec: &str) -> bool {
+    let mut parts = spec.split('/');
+    let ok = |p: Option<&str>| {
+        p.is_some_and(|p| {
+            !p.is_empty()
+                && p != "."
+                && p != ".."
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        })
+    };
+    ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
+}
+
+/// A Hugging Face directory: `config.json` plus `model.safetensors` or an index of
+/// shards; or a directory whose only model file is one `.gguf`.
+pub(crate) fn locate_dir(dir: &Path) -> crate::Result<ModelFiles> {
+    let config = dir.join("config.json");
+    if !config.is_file() {
+        let ggufs: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| has_extension(p, "gguf"))
+            .collect();
+        return match ggufs.as_slice() {
+            [one] => Ok(ModelFiles::Gguf(one.clone())),
+            [] => Err(Error::ModelNotFound {
+                path: dir.to_path_buf(),
+                message: "no config.json (and no .gguf file) in this directory".into(),
+            }),
+            _ => Err(Error::ModelNotFound {
+                path: dir.to_path_buf(),
+                message: format!(
+                    "no config.json and {} .gguf files: give the one to load",
+                    ggufs.len()
+                ),
+            }),
+        };
+    }
+    let weights = safetensors::weight_files(dir)?;
+    Ok(ModelFiles::HfDir {
+        dir: dir.to_path_buf(),
+        weights,
+    })
+}
+
+/// A matrix for a linear layer or an embedding: dense, or quantized blocks.
+#[derive(Clone, Debug)]
+pub(crate) enum Matrix {
+    Dense(Tensor),
+    Quantized(Arc<QTensor>),
+}
+
+/// Hands out a model's tensors by their transformers names.
+pub(crate) trait WeightSource {
+    /// The file or directory the weights come from (for error messages).
+    fn location(&self) -> &Path;
+
+    /// Whether a tensor of that name exists.
+    fn contains(&self, name: &str) -> bool;
+
+    /// A dense tensor (norm weight, bias), checked against `shape`, in `dtype`.
+    fn dense(&self, name: &str, shape: &[usize], dtype: DType) -> crate::Result<Tensor>;
+
+    /// A `[rows, cols]` matrix for a linear layer or an embedding, checked against
+    /// `shape`; quantized when the source or the options say so, else dense in `dtype`.
+    fn matrix(&self, name: &str, shape: (usize, usize), dtype: DType) -> crate::Result<Matrix>;
+}
+
+/// Checks a tensor's shape against the config.
+pub(crate) fn check_shape(name: &str, expected: &[usize], actual: &[usize]) -> crate::Result<()> {
+    if expected != actual {
+        return Err(Error::TensorShape {
+            name: name.to_string(),
+            expected: expected.to_vec(),
+            actual: actual.to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// Quantizes a dense matrix to `dtype`, falling back to q8_0 (blocks of 32), then to
+/// dense, when the row length is not a multiple of the block size (llama.cpp does the
+/// same for tensors a k-quant cannot hold).
+pub(crate) fn quantize_matrix(
+    name: &str,
+    weight: &Tensor,
+    dtype: GgmlDType,
+    dense_dtype: DType,
+) -> crate::Result<Matrix> {
+    let cols = weight.dim(1)?;
+    let chosen = if cols % dtype.block_size() == 0 {
+        Some(dtype)
+    } else if cols % GgmlDType::Q8_0.block_size() == 0 {
+        tracing::debug!(tensor = name, cols, ?dtype, "row length not a multiple of the block size: using q8_0");
+        Some(GgmlDType::Q8_0)
+    } else {
+        tracing::debug!(tensor = name, cols, "row length not a multiple of 32: kept dense");
+        None
+    };
+    match chosen {
+        Some(q) => {
+            let w = weight.to_dtype(DType::F32)?;
+            Ok(Matrix::Quantized(Arc::new(QTensor::quantize(&w, q)?)))
+        }
+        None => Ok(Matrix::Dense(weight.to_dtype(dense_dtype)?)),
+    }
+}
+
+/// Opens the weights and reads the config of located model files.
+pub(crate) fn open(
+    files: &ModelFiles,
+    options: &LoadOptions,
+) -> crate::Result<(ModelConfig, Box<dyn WeightSource>, Option<Vec<f32>>)> {
+    let device = options.device().open()?;
+    match files {
+        ModelFiles::HfDir { dir, weights } => {
+            let cfg = crate::config::read_hf_config(&dir.join("config.json"))?;
+            let source = safetensors::SafetensorsSource::open(
+                dir,
+                weights,
+                device,
+                options.quantization(),
+            )?;
+            Ok((cfg, Box::new(source), None))
+        }
+        ModelFiles::Gguf(path) => {
+            let source = gguf::GgufSource::open(path, device)?;
+            let cfg = source.config()?;
+            let freqs = source.rope_freq_divisors()?;
+            Ok((cfg, Box::new(source), freqs))
+        }
+    }
+}
+
+/// Reads the tokenizer of located model files.
+pub(crate) fn open_tokenizer(files: &ModelFiles) -> crate::Result<crate::Tokenizer> {
+    match files {
+        ModelFiles::HfDir { dir, .. } => crate::Tokenizer::from_hf_dir(dir),
+        ModelFiles::Gguf(path) => {
+            let content = gguf::read_content(path)?;
+            crate::Tokenizer::from_gguf(&content, path)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_ids() {
+        assert!(looks_like_hub_id("abdoelsayed/dear-8b-reranker-ce-v1"));
+        assert!(looks_like_hub_id("HuggingFaceTB/SmolLM2-135M-Instruct"));
+        assert!(!looks_like_hub_id("model.gguf"));
+        assert!(!looks_like_hub_id("a/b/c"));
+        assert!(!looks_like_hub_id("../x"));
+        assert!(!looks_like_hub_id("/abs/path"));
+    }
+
+    #[test]
+    fn parses_options() -> crate::Result<()> {
+        assert_eq!("q4_k".parse::<Quantization>()?, Quantization::Q4K);
+        assert_eq!("bf16".parse::<WeightDType>()?, WeightDType::BF16);
+        assert!("q3".parse::<Quantization>().is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn missing_paths_are_named() {
+        let err = locate("/definitely/not/here", &HubOptions::default()).err();
+        let msg = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("/definitely/not/here"), "{msg}");
+    }
+}

@@ -1,0 +1,217 @@
+//! Causal self-attention with grouped-query heads over packed (varlen) batches,
+//! mirroring transformers' `LlamaAttention` (`models/llama/modeling_llama.py`).
+//!
+//! Each sequence of the pack attends only to itself (and to its KV cache, when one
+//! is given). Two execution paths compute the same thing:
+//! - CPU with f32/f16 activations: candle-nn's fused varlen flash attention
+//!   (online softmax, never materialises a score matrix);
+//! - everything else: a masked matmul path per sequence, softmax in f32 as
+//!   transformers' eager attention does.
+
+use candle_core::{DType, Tensor};
+
+use crate::model::kv_cache::KvCache;
+use crate::model::linear::Linear;
+use crate::model::rope::RopeTables;
+
+/// The packing facts every layer needs, computed once per forward pass.
+#[derive(Debug)]
+pub(crate) struct PackInfo {
+    /// Token range of each sequence in the pack.
+    pub(crate) ranges: Vec<std::ops::Range<usize>>,
+    /// `[num_sequences]` u32 on the CPU: each sequence's length.
+    pub(crate) seqlens: Tensor,
+    /// The longest sequence.
+    pub(crate) max_len: usize,
+}
+
+#[derive(Debug)]
+pub(crate) struct Attention {
+    pub(crate) q_proj: Linear,
+    pub(crate) k_proj: Linear,
+    pub(crate) v_proj: Linear,
+    pub(crate) o_proj: Linear,
+    pub(crate) num_heads: usize,
+    pub(crate) num_kv_heads: usize,
+    pub(crate) head_dim: usize,
+}
+
+impl Attention {
+    /// `x: [tokens, hidden]` → `[tokens, hidden]`.
+    ///
+    /// With `caches` non-empty (one per sequence), each sequence's new keys/values
+    /// are appended to its cache and the queries attend to the whole cache.
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        rope: &RopeTables,
+        pack: &PackInfo,
+        caches: &mut [KvCache],
+        layer: usize,
+    ) -> crate::Result<Tensor> {
+        let tokens = x.dim(0)?;
+        let q = self
+            .q_proj
+            .forward(x)?
+            .reshape((tokens, self.num_heads, self.head_dim))?;
+        let k = self
+            .k_proj
+            .forward(x)?
+            .reshape((tokens, self.num_kv_heads, self.head_dim))?;
+        let v = self
+            .v_proj
+            .forward(x)?
+            .reshape((tokens, self.num_kv_heads, self.head_dim))?
+            .contiguous()?;
+        let q = rope.apply(&q)?;
+        let k = rope.apply(&k)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+
+        let out = if caches.is_empty() {
+            if use_fused(&q) {
+                candle_nn::attention::flash_attn_varlen_cpu(
+                    &q,
+                    &k,
+                    &v,
+                    None,
+                    &pack.seqlens,
+                    &pack.seqlens,
+                    pack.max_len,
+                    pack.max_len,
+                    scale as f32,
+                    true,
+                    None,
+                    None,
+                )?
+            } else {
+                let parts = pack
+                    .ranges
+                    .iter()
+                    .map(|r| {
+                        let n = r.len();
+                        attend_masked(
+                            &q.narrow(0, r.start, n)?,
+                            &k.narrow(0, r.start, n)?,
+                            &v.narrow(0, r.start, n)?,
+                            scale,
+                        )
+                    })
+                    .collect::<crate::Result<Vec<_>>>()?;
+                Tensor::cat(&parts, 0)?
+            }
+        } else {
+            let mut parts = Vec::with_capacity(pack.ranges.len());
+            for (r, cache) in pack.ranges.iter().zip(caches.iter_mut()) {
+                let n = r.len();
+                let qi = q.narrow(0, r.start, n)?.contiguous()?;
+                let (ki, vi) = cache.append(
+                    layer,
+                    &k.narrow(0, r.start, n)?,
+                    &v.narrow(0, r.start, n)?,
+                )?;
+                let lk = ki.dim(0)?;
+                let part = if use_fused(&qi) {
+                    let dev = &candle_core::Device::Cpu;
+                    candle_nn::attention::flash_attn_varlen_cpu(
+                        &qi,
+                        &ki,
+                        &vi,
+                        None,
+                        &Tensor::new(&[n as u32], dev)?,
+                        &Tensor::new(&[lk as u32], dev)?,
+                        n,
+                        lk,
+                        scale as f32,
+                        true,
+                        None,
+                        None,
+                    )?
+                } else {
+                    attend_masked(&qi, &ki, &vi, scale)?
+                };
+                parts.push(part);
+            }
+            Tensor::cat(&parts, 0)?
+        };
+        let out = out.reshape((tokens, self.num_heads * self.head_dim))?;
+        self.o_proj.forward(&out)
+    }
+}
+
+fn use_fused(q: &Tensor) -> bool {
+    q.device().is_cpu() && matches!(q.dtype(), DType::F32 | DType::F16)
+}
+
+/// Causal attention of one sequence whose queries are the last `lq` of `lk` keys.
+///
+/// `q: [lq, Hq, D]`, `k, v: [lk, Hkv, D]` → `[lq, Hq, D]`.
+fn attend_masked(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> crate::Result<Tensor> {
+    let (lq, hq, d) = q.dims3()?;
+    let (lk, hkv, _) = k.dims3()?;
+    let groups = hq / hkv;
+    let dtype = q.dtype();
+    // Query head h uses key/value head h / groups (transformers' `repeat_kv`), so the
+    // query heads of one group are consecutive: fold them into the row dimension.
+    let q = q
+        .transpose(0, 1)?
+        .contiguous()?
+        .reshape((hkv, groups * lq, d))?;
+    let k = k.transpose(0, 1)?.contiguous()?;
+    let v = v.transpose(0, 1)?.contiguous()?;
+    let scores = (q.matmul(&k.t()?)? * scale)?
+        .to_dtype(DType::F32)?
+        .reshape((hkv, groups, lq, lk))?;
+    let offset = lk - lq;
+    let mask: Vec<f32> = (0..lq)
+        .flat_map(|i| {
+            (0..lk).map(move |j| {
+                if j <= offset + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask, (lq, lk), q.device())?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?
+        .to_dtype(dtype)?
+        .reshape((hkv, groups * lq, lk))?;
+    let out = probs.matmul(&v)?.reshape((hq, lq, d))?;
+    Ok(out.transpose(0, 1)?.contiguous()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The fused and masked paths compute the same attention.
+    #[test]
+    fn fused_equals_masked() -> crate::Result<()> {
+        let dev = Device::Cpu;
+        let (lq, lk, hq, hkv, d) = (5, 9, 4, 2, 8);
+        let q = Tensor::randn(0f32, 1.0, (lq, hq, d), &dev)?;
+        let k = Tensor::randn(0f32, 1.0, (lk, hkv, d), &dev)?;
+        let v = Tensor::randn(0f32, 1.0, (lk, hkv, d), &dev)?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let masked = attend_masked(&q, &k, &v, scale)?;
+        let fused = candle_nn::attention::flash_attn_varlen_cpu(
+            &q,
+            &k,
+            &v,
+            None,
+            &Tensor::new(&[lq as u32], &dev)?,
+            &Tensor::new(&[lk as u32], &dev)?,
+            lq,
+            lk,
+            scale as f32,
+            true,
+            None,
+            None,
+        )?;
+        let diff = (masked - fused)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "max diff {diff}");
+        Ok(())
+    }
+}

@@ -1,0 +1,22 @@
+//! The gated feed-forward layer, as transformers' `LlamaMLP`:
+//! `down(silu(gate(x)) * up(x))`.
+
+use candle_core::Tensor;
+
+use crate::model::linear::Linear;
+
+#[derive(Debug)]
+pub(crate) struct Mlp {
+    pub(crate) gate_proj: Linear,
+    pub(crate) up_proj: Linear,
+    pub(crate) down_proj: Linear,
+}
+
+impl Mlp {
+    /// `x: [tokens, hidden]` → `[tokens, hidden]`.
+    pub(crate) fn forward(&self, x: &Tensor) -> crate::Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
+        let up = self.up_proj.forward(x)?;
+        self.down_proj.forward(&(gate * up)?)
+    }
+}

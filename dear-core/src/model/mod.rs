@@ -1,0 +1,348 @@
+//! The Llama network, written once for every weight format: transformers'
+//! `LlamaModel` + `LlamaForCausalLM` (`models/llama/modeling_llama.py`), run over
+//! packed batches.
+//!
+//! The model is immutable and shared (`&self`, `Send + Sync`); per-request state (the
+//! KV caches) is passed in.
+
+mod attention;
+mod block;
+mod kv_cache;
+mod linear;
+mod mlp;
+mod rope;
+
+use std::sync::Arc;
+
+use candle_core::quantized::QTensor;
+use candle_core::{DType, Device, Tensor};
+
+use crate::batch::Batch;
+use crate::config::ModelConfig;
+use crate::loader::{Matrix, WeightSource};
+use crate::Error;
+
+use self::attention::{Attention, PackInfo};
+use self::block::{Block, RmsNorm};
+use self::linear::Linear;
+use self::mlp::Mlp;
+use self::rope::Rope;
+
+pub use self::kv_cache::KvCache;
+
+/// Which positions of each sequence an output is wanted for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Select {
+    /// Not wanted.
+    #[default]
+    None,
+    /// Only each sequence's last token.
+    Last,
+    /// Every token.
+    All,
+}
+
+/// What a forward pass returns.
+///
+/// # Example
+/// ```
+/// use dear_core::{Outputs, Select};
+/// let out = Outputs::last_logits().with_hidden(Select::Last);
+/// assert_eq!(out.logits(), Select::Last);
+/// assert_eq!(out.hidden(), Select::Last);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Outputs {
+    hidden: Select,
+    logits: Select,
+}
+
+impl Outputs {
+    /// Logits of each sequence's last token (what generation needs).
+    pub fn last_logits() -> Self {
+        Self {
+            hidden: Select::None,
+            logits: Select::Last,
+        }
+    }
+
+    /// The final hidden state (after the last norm) of each sequence's last token
+    /// (what a classification head needs).
+    pub fn last_hidden() -> Self {
+        Self {
+            hidden: Select::Last,
+            logits: Select::None,
+        }
+    }
+
+    /// Sets which hidden states are returned.
+    #[must_use]
+    pub fn with_hidden(mut self, select: Select) -> Self {
+        self.hidden = select;
+        self
+    }
+
+    /// Sets which logits are returned.
+    #[must_use]
+    pub fn with_logits(mut self, select: Select) -> Self {
+        self.logits = select;
+        self
+    }
+
+    /// Which hidden states are returned.
+    pub fn hidden(&self) -> Select {
+        self.hidden
+    }
+
+    /// Which logits are returned.
+    pub fn logits(&self) -> Select {
+        self.logits
+    }
+}
+
+/// The result of a forward pass.
+#[derive(Clone, Debug, Default)]
+pub struct ForwardOutput {
+    /// Final hidden states: `[num_sequences, hidden]` for [`Select::Last`],
+    /// `[total_tokens, hidden]` for [`Select::All`]; f32.
+    pub hidden: Option<Tensor>,
+    /// Logits: `[num_sequences, vocab]` for [`Select::Last`], `[total_tokens, vocab]`
+    /// for [`Select::All`]; f32.
+    pub logits: Option<Tensor>,
+}
+
+#[derive(Debug)]
+enum Embedding {
+    /// `[vocab, hidden]`
+    Dense(Tensor),
+    /// `[vocab, hidden]`, rows dequantized on lookup.
+    Quantized(Arc<QTensor>),
+}
+
+/// A Llama-family decoder.
+#[derive(Debug)]
+pub struct Llama {
+    cfg: ModelConfig,
+    embed_tokens: Embedding,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+    device: Device,
+    dtype: DType,
+}
+
+fn linear(
+    ws: &dyn WeightSource,
+    prefix: &str,
+    in_dim: usize,
+    out_dim: usize,
+    bias: bool,
+    dtype: DType,
+) -> crate::Result<Linear> {
+    let bias = if bias {
+        Some(ws.dense(&format!("{prefix}.bias"), &[out_dim], dtype)?)
+    } else {
+        None
+    };
+    match ws.matrix(&format!("{prefix}.weight"), (out_dim, in_dim), dtype)? {
+        Matrix::Dense(w) => Linear::dense(w, bias),
+        Matrix::Quantized(q) => Linear::quantized(q, bias),
+    }
+}
+
+impl Llama {
+    /// Builds the network from a weight source. `dtype` is the activation dtype.
+    pub(crate) fn load(
+        ws: &dyn WeightSource,
+        cfg: ModelConfig,
+        rope_freq_divisors: Option<&[f32]>,
+        device: Device,
+        dtype: DType,
+    ) -> crate::Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let q_dim = cfg.num_heads * cfg.head_dim;
+        let kv_dim = cfg.num_kv_heads * cfg.head_dim;
+        let embed = ws.matrix("model.embed_tokens.weight", (cfg.vocab_size, h), dtype)?;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for l in 0..cfg.num_layers {
+            let p = format!("model.layers.{l}");
+            let ab = cfg.attention_bias;
+            let mb = cfg.mlp_bias;
+            layers.push(Block {
+                input_layernorm: RmsNorm {
+                    weight: ws.dense(&format!("{p}.input_layernorm.weight"), &[h], dtype)?,
+                    eps: cfg.rms_norm_eps,
+                },
+                self_attn: Attention {
+                    q_proj: linear(ws, &format!("{p}.self_attn.q_proj"), h, q_dim, ab, dtype)?,
+                    k_proj: linear(ws, &format!("{p}.self_attn.k_proj"), h, kv_dim, ab, dtype)?,
+                    v_proj: linear(ws, &format!("{p}.self_attn.v_proj"), h, kv_dim, ab, dtype)?,
+                    o_proj: linear(ws, &format!("{p}.self_attn.o_proj"), q_dim, h, ab, dtype)?,
+                    num_heads: cfg.num_heads,
+                    num_kv_heads: cfg.num_kv_heads,
+                    head_dim: cfg.head_dim,
+                },
+                post_attention_layernorm: RmsNorm {
+                    weight: ws.dense(&format!("{p}.post_attention_layernorm.weight"), &[h], dtype)?,
+                    eps: cfg.rms_norm_eps,
+                },
+                mlp: Mlp {
+                    gate_proj: linear(ws, &format!("{p}.mlp.gate_proj"), h, i, mb, dtype)?,
+                    up_proj: linear(ws, &format!("{p}.mlp.up_proj"), h, i, mb, dtype)?,
+                    down_proj: linear(ws, &format!("{p}.mlp.down_proj"), i, h, mb, dtype)?,
+                },
+            });
+        }
+        let norm = RmsNorm {
+            weight: ws.dense("model.norm.weight", &[h], dtype)?,
+            eps: cfg.rms_norm_eps,
+        };
+        let untied = ws.contains("lm_head.weight");
+        let lm_head = if untied || !cfg.tie_word_embeddings {
+            linear(ws, "lm_head", h, cfg.vocab_size, false, dtype)?
+        } else {
+            match &embed {
+                Matrix::Dense(w) => Linear::dense(w.clone(), None)?,
+                Matrix::Quantized(q) => Linear::quantized(q.clone(), None)?,
+            }
+        };
+        let embed_tokens = match embed {
+            Matrix::Dense(w) => Embedding::Dense(w),
+            Matrix::Quantized(q) if h % q.dtype().block_size() == 0 => Embedding::Quantized(q),
+            Matrix::Quantized(q) => Embedding::Dense(q.dequantize(&device)?.to_dtype(dtype)?),
+        };
+        let rope = Rope::new(&cfg.rope, cfg.head_dim, rope_freq_divisors);
+        Ok(Self {
+            cfg,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            device,
+            dtype,
+        })
+    }
+
+    /// The resolved configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The activation dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn check_batch(&self, batch: &Batch, caches: &[KvCache]) -> crate::Result<()> {
+        if batch.is_empty() {
+            return Err(Error::EmptyInput("the batch has no tokens".into()));
+        }
+        if !caches.is_empty() && caches.len() != batch.num_sequences() {
+            return Err(Error::InvalidArgument(format!(
+                "{} KV caches for a batch of {} sequences",
+                caches.len(),
+                batch.num_sequences()
+            )));
+        }
+        let max = self.cfg.max_position_embeddings;
+        if batch.max_position() > max {
+            return Err(Error::ContextOverflow {
+                what: "a sequence of the batch".into(),
+                tokens: batch.max_position(),
+                max,
+            });
+        }
+        if let Some(bad) = batch
+            .input_ids()
+            .iter()
+            .find(|&&t| t as usize >= self.cfg.vocab_size)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "token id {bad} is outside the vocabulary of {} tokens",
+                self.cfg.vocab_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs the packed batch through the network.
+    ///
+    /// `caches` is empty (each sequence attends to itself only) or holds one cache per
+    /// sequence, whose stored tokens precede the sequence's tokens; the new tokens are
+    /// appended to it. Positions come from the batch.
+    ///
+    /// Shapes: see [`ForwardOutput`].
+    ///
+    /// # Errors
+    /// [`Error::EmptyInput`] for an empty batch, [`Error::ContextOverflow`] when a
+    /// position exceeds the context window, [`Error::InvalidArgument`] for a token id
+    /// outside the vocabulary or a cache count that does not match.
+    pub fn forward(
+        &self,
+        batch: &Batch,
+        caches: &mut [KvCache],
+        outputs: Outputs,
+    ) -> crate::Result<ForwardOutput> {
+        self.check_batch(batch, caches)?;
+        let ids = Tensor::new(batch.input_ids(), &self.device)?;
+        let mut x = match &self.embed_tokens {
+            Embedding::Dense(w) => w.index_select(&ids, 0)?,
+            Embedding::Quantized(q) => q.embedding(&ids)?.to_dtype(self.dtype)?,
+        };
+        let tables = self
+            .rope
+            .tables(batch.positions(), self.dtype, &self.device)?;
+        let n = batch.num_sequences();
+        let seqlens: Vec<u32> = (0..n).map(|i| batch.seq_len(i) as u32).collect();
+        let pack = PackInfo {
+            ranges: (0..n).map(|i| batch.range(i)).collect(),
+            max_len: seqlens.iter().copied().max().unwrap_or(0) as usize,
+            seqlens: Tensor::new(seqlens.as_slice(), &Device::Cpu)?,
+        };
+        for (l, block) in self.layers.iter().enumerate() {
+            x = block.forward(&x, &tables, &pack, caches, l)?;
+        }
+        for (i, cache) in caches.iter_mut().enumerate() {
+            cache.advance(batch.seq_len(i));
+        }
+        let want_all = outputs.hidden == Select::All || outputs.logits == Select::All;
+        let last_idx = Tensor::new(batch.last_indices().as_slice(), &self.device)?;
+        // Only the rows something is wanted for go through the final norm and head.
+        let (rows, rows_are_last) = if want_all {
+            (x, false)
+        } else {
+            (x.index_select(&last_idx, 0)?, true)
+        };
+        let normed = self.norm.forward(&rows)?;
+        let pick = |sel: Select, t: &Tensor| -> crate::Result<Option<Tensor>> {
+            match sel {
+                Select::None => Ok(None),
+                Select::All => Ok(Some(t.clone())),
+                Select::Last if rows_are_last => Ok(Some(t.clone())),
+                Select::Last => Ok(Some(t.index_select(&last_idx, 0)?)),
+            }
+        };
+        let hidden = pick(outputs.hidden, &normed)?;
+        let logits = match outputs.logits {
+            Select::None => None,
+            sel => {
+                let src = pick(sel, &normed)?.unwrap_or(normed.clone());
+                Some(self.lm_head.forward(&src)?.to_dtype(DType::F32)?)
+            }
+        };
+        Ok(ForwardOutput {
+            hidden: match hidden {
+                Some(h) => Some(h.to_dtype(DType::F32)?),
+                None => None,
+            },
+            logits,
+        })
+    }
+}
