@@ -20,7 +20,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use minijinja::value::{Kwargs, Rest, Serde, Value, ValueKind};
+use minijinja::value::{Kwargs, Serde, Value, ValueKind};
 use minijinja::{Environment, ErrorKind, State};
 
 use crate::error::Error;
@@ -106,7 +106,11 @@ impl ChatTemplate {
     /// # Errors
     ///
     /// [`Error::ChatTemplate`] when the template does not compile; the message names the line.
-    pub fn new(source: &str, bos_token: Option<&str>, eos_token: Option<&str>) -> crate::Result<Self> {
+    pub fn new(
+        source: &str,
+        bos_token: Option<&str>,
+        eos_token: Option<&str>,
+    ) -> crate::Result<Self> {
         let mut special_tokens = Vec::new();
         if let Some(bos) = bos_token {
             special_tokens.push(("bos_token".to_owned(), bos.to_owned()));
@@ -129,7 +133,9 @@ impl ChatTemplate {
             .lstrip_blocks(true)
             .keep_trailing_newline(false)
             .build()
-            .map_err(|e| Error::ChatTemplate(format!("cannot configure the template syntax: {e}")))?;
+            .map_err(|e| {
+                Error::ChatTemplate(format!("cannot configure the template syntax: {e}"))
+            })?;
         env.set_syntax(syntax);
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Lenient);
@@ -155,7 +161,11 @@ impl ChatTemplate {
     /// [`Error::EmptyInput`] when `messages` is empty (as `transformers` refuses it), and
     /// [`Error::ChatTemplate`] when rendering fails: the template called `raise_exception` (the
     /// message is its argument), or used a value in a way that fails.
-    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> crate::Result<String> {
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> crate::Result<String> {
         self.render_with(messages, add_generation_prompt, &serde_json::Value::Null)
     }
 
@@ -193,7 +203,10 @@ impl ChatTemplate {
             ("messages".to_owned(), Value::from(Serde(messages))),
             ("tools".to_owned(), Value::from(())),
             ("documents".to_owned(), Value::from(())),
-            ("add_generation_prompt".to_owned(), Value::from(add_generation_prompt)),
+            (
+                "add_generation_prompt".to_owned(),
+                Value::from(add_generation_prompt),
+            ),
         ];
         for (name, value) in &self.special_tokens {
             context.push((name.clone(), Value::from(value.as_str())));
@@ -207,19 +220,20 @@ impl ChatTemplate {
                 }
             }
         }
-        let context: Value = context.into_iter().collect();
+        let context = Value::from_pairs(context);
         let template = self
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(|e| Error::ChatTemplate(e.to_string()))?;
-        template.render(context).map_err(|e| Error::ChatTemplate(describe_render_error(&e)))
+        template
+            .render(context)
+            .map_err(|e| Error::ChatTemplate(describe_render_error(&e)))
     }
 
     /// The template's source text.
     pub fn source(&self) -> &str {
         &self.source
     }
-
 }
 
 /// `transformers` knows a `{% generation %}...{% endgeneration %}` block (it marks the
@@ -236,17 +250,19 @@ fn rewrite_generation_tags(source: &str) -> String {
         let marker_len = usize::from(body.starts_with('-') || body.starts_with('+'));
         let after_marker = &body[marker_len..];
         let trimmed = after_marker.trim_start();
-        let keyword = ["endgeneration", "generation"]
-            .into_iter()
-            .find(|keyword| {
-                trimmed.strip_prefix(keyword).is_some_and(|after| {
-                    let after = after.trim_start();
-                    after.starts_with("%}") || after.starts_with("-%}") || after.starts_with("+%}")
-                })
-            });
+        let keyword = ["endgeneration", "generation"].into_iter().find(|keyword| {
+            trimmed.strip_prefix(keyword).is_some_and(|after| {
+                let after = after.trim_start();
+                after.starts_with("%}") || after.starts_with("-%}") || after.starts_with("+%}")
+            })
+        });
         match keyword {
             Some(keyword) => {
-                let replacement = if keyword == "generation" { "if true" } else { "endif" };
+                let replacement = if keyword == "generation" {
+                    "if true"
+                } else {
+                    "endif"
+                };
                 let skipped = after_marker.len() - trimmed.len();
                 out.push_str("{%");
                 out.push_str(&body[..marker_len + skipped]);
@@ -266,7 +282,10 @@ fn rewrite_generation_tags(source: &str) -> String {
 fn describe_compile_error(err: &minijinja::Error) -> String {
     let detail = err.detail().unwrap_or("invalid template");
     match err.line() {
-        Some(line) => format!("cannot compile the chat template: {} at line {line}: {detail}", err.kind()),
+        Some(line) => format!(
+            "cannot compile the chat template: {} at line {line}: {detail}",
+            err.kind()
+        ),
         None => format!("cannot compile the chat template: {}: {detail}", err.kind()),
     }
 }
@@ -281,7 +300,10 @@ fn describe_render_error(err: &minijinja::Error) -> String {
     }
     let detail = err.detail().unwrap_or("rendering failed");
     match err.line() {
-        Some(line) => format!("cannot render the chat template: {} at line {line}: {detail}", err.kind()),
+        Some(line) => format!(
+            "cannot render the chat template: {} at line {line}: {detail}",
+            err.kind()
+        ),
         None => format!("cannot render the chat template: {}: {detail}", err.kind()),
     }
 }
@@ -292,17 +314,24 @@ fn raise_exception(message: Value) -> Result<Value, minijinja::Error> {
         Some(text) => text.to_owned(),
         None => python_str(&message),
     };
-    Err(minijinja::Error::new(ErrorKind::InvalidOperation, message.clone())
-        .with_source(RaisedException(message)))
+    Err(
+        minijinja::Error::new(ErrorKind::InvalidOperation, message.clone())
+            .with_source(RaisedException(message)),
+    )
 }
 
 /// `strftime_now(format)`: the current time (UTC) formatted like Python's `strftime`.
 fn strftime_now(format: &str) -> Result<Value, minijinja::Error> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("system clock: {e}")))?;
+        .map_err(|e| {
+            minijinja::Error::new(ErrorKind::InvalidOperation, format!("system clock: {e}"))
+        })?;
     let seconds = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
-    Ok(Value::from(strftime(format, &CivilTime::from_unix(seconds))))
+    Ok(Value::from(strftime(
+        format,
+        &CivilTime::from_unix(seconds),
+    )))
 }
 
 /// A point in time broken down the way `strftime` needs it (proleptic Gregorian, UTC).
@@ -357,7 +386,15 @@ impl CivilTime {
     }
 }
 
-const WEEKDAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
+const WEEKDAYS: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
 const MONTHS: [&str; 12] = [
     "January",
     "February",
@@ -437,13 +474,23 @@ pub(crate) fn strftime(format: &str, time: &CivilTime) -> String {
             'z' => out.push_str("+0000"),
             'Z' => out.push_str("UTC"),
             'D' | 'x' => {
-                let _ = write!(out, "{:02}/{:02}/{:02}", time.month, time.day, time.year.rem_euclid(100));
+                let _ = write!(
+                    out,
+                    "{:02}/{:02}/{:02}",
+                    time.month,
+                    time.day,
+                    time.year.rem_euclid(100)
+                );
             }
             'F' => {
                 let _ = write!(out, "{}-{:02}-{:02}", time.year, time.month, time.day);
             }
             'T' | 'X' => {
-                let _ = write!(out, "{:02}:{:02}:{:02}", time.hour, time.minute, time.second);
+                let _ = write!(
+                    out,
+                    "{:02}:{:02}:{:02}",
+                    time.hour, time.minute, time.second
+                );
             }
             'R' => {
                 let _ = write!(out, "{:02}:{:02}", time.hour, time.minute);
@@ -485,13 +532,19 @@ fn python_formatter(
 ) -> Result<(), minijinja::Error> {
     match value.kind() {
         ValueKind::Undefined => Ok(()),
-        ValueKind::String => out.write_str(value.as_str().unwrap_or_default()).map_err(write_error),
+        ValueKind::String => out
+            .write_str(value.as_str().unwrap_or_default())
+            .map_err(write_error),
         _ => out.write_str(&python_str(value)).map_err(write_error),
     }
 }
 
 fn write_error(err: std::fmt::Error) -> minijinja::Error {
-    minijinja::Error::new(ErrorKind::WriteFailure, "cannot write the rendered template").with_source(err)
+    minijinja::Error::new(
+        ErrorKind::WriteFailure,
+        "cannot write the rendered template",
+    )
+    .with_source(err)
 }
 
 /// Python's `str(value)`.
@@ -555,7 +608,12 @@ fn python_float_repr(value: f64) -> String {
         return if value > 0.0 { "inf" } else { "-inf" }.to_owned();
     }
     if value == 0.0 {
-        return if value.is_sign_negative() { "-0.0" } else { "0.0" }.to_owned();
+        return if value.is_sign_negative() {
+            "-0.0"
+        } else {
+            "0.0"
+        }
+        .to_owned();
     }
     // `{:e}` gives the shortest round-trip digits: "-1.2345e-7".
     let sci = format!("{value:e}");
@@ -592,7 +650,11 @@ fn python_float_repr(value: f64) -> String {
 
 /// Python's `repr(str)`.
 fn python_str_repr(text: &str) -> String {
-    let quote = if text.contains('\'') && !text.contains('"') { '"' } else { '\'' };
+    let quote = if text.contains('\'') && !text.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     let mut out = String::with_capacity(text.len() + 2);
     out.push(quote);
     for c in text.chars() {
@@ -625,25 +687,17 @@ struct JsonStyle {
 }
 
 /// `tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False)`: the
-/// filter `transformers` installs, which is Python's `json.dumps` with those arguments.
-fn tojson_filter(value: &Value, args: Rest<Value>) -> Result<Value, minijinja::Error> {
-    let mut positional = args.0;
-    let kwargs = match positional.last() {
-        Some(last) if last.is_kwargs() => {
-            let last = positional.pop().unwrap_or_default();
-            Kwargs::try_from(last)?
-        }
-        _ => Kwargs::from_iter(std::iter::empty::<(String, Value)>()),
-    };
-    if positional.len() > 4 {
-        return Err(minijinja::Error::new(
-            ErrorKind::TooManyArguments,
-            "tojson takes at most 4 arguments (ensure_ascii, indent, separators, sort_keys)",
-        ));
-    }
-    let mut positional = positional.into_iter();
-    let (ensure_ascii, indent, separators, sort_keys) =
-        (positional.next(), positional.next(), positional.next(), positional.next());
+/// filter `transformers` installs, which is Python's `json.dumps` with those arguments
+/// (`sort_keys` can only be given by keyword).
+fn tojson_filter(
+    value: &Value,
+    ensure_ascii: Option<Value>,
+    indent: Option<Value>,
+    separators: Option<Value>,
+    kwargs: Kwargs,
+) -> Result<Value, minijinja::Error> {
+    // minijinja passes at most five arguments to a filter, so `sort_keys` is keyword-only here.
+    let sort_keys: Option<Value> = None;
     let pick = |positional: Option<Value>, name: &str| -> Result<Option<Value>, minijinja::Error> {
         let keyword: Option<Value> = kwargs.get(name)?;
         Ok(keyword.or(positional))
@@ -656,7 +710,10 @@ fn tojson_filter(value: &Value, args: Rest<Value>) -> Result<Value, minijinja::E
             Some(text) => Some(text.to_owned()),
             None => {
                 let width = v.as_i64().ok_or_else(|| {
-                    minijinja::Error::new(ErrorKind::InvalidOperation, "tojson: indent must be an integer or a string")
+                    minijinja::Error::new(
+                        ErrorKind::InvalidOperation,
+                        "tojson: indent must be an integer or a string",
+                    )
                 })?;
                 Some(" ".repeat(usize::try_from(width).unwrap_or(0)))
             }
@@ -694,7 +751,12 @@ fn tojson_filter(value: &Value, args: Rest<Value>) -> Result<Value, minijinja::E
     Ok(Value::from(out))
 }
 
-fn write_json(out: &mut String, value: &Value, style: &JsonStyle, depth: usize) -> Result<(), minijinja::Error> {
+fn write_json(
+    out: &mut String,
+    value: &Value,
+    style: &JsonStyle,
+    depth: usize,
+) -> Result<(), minijinja::Error> {
     match value.kind() {
         ValueKind::Undefined | ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
@@ -712,7 +774,9 @@ fn write_json(out: &mut String, value: &Value, style: &JsonStyle, depth: usize) 
                 }
             }
         }
-        ValueKind::String => write_json_string(out, value.as_str().unwrap_or_default(), style.ensure_ascii),
+        ValueKind::String => {
+            write_json_string(out, value.as_str().unwrap_or_default(), style.ensure_ascii)
+        }
         ValueKind::Seq | ValueKind::Iterable => {
             let items: Vec<Value> = value.try_iter()?.collect();
             if items.is_empty() {
@@ -765,7 +829,10 @@ fn write_json(out: &mut String, value: &Value, style: &JsonStyle, depth: usize) 
         _ => {
             return Err(minijinja::Error::new(
                 ErrorKind::InvalidOperation,
-                format!("tojson: a value of type {} is not JSON serializable", value.kind()),
+                format!(
+                    "tojson: a value of type {} is not JSON serializable",
+                    value.kind()
+                ),
             ))
         }
     }
@@ -817,7 +884,7 @@ mod tests {
         let cases = [
             (1.0, "1.0"),
             (0.1, "0.1"),
-            (3.14159, "3.14159"),
+            (3.25, "3.25"),
             (1e16, "1e+16"),
             (1.5e-5, "1.5e-05"),
             (0.0001, "0.0001"),
@@ -833,19 +900,30 @@ mod tests {
     #[test]
     fn generation_tags_become_if_blocks() {
         assert_eq!(
-            rewrite_generation_tags("a{%- generation %}b{% endgeneration -%}c{% if x %}{% endif %}"),
+            rewrite_generation_tags(
+                "a{%- generation %}b{% endgeneration -%}c{% if x %}{% endif %}"
+            ),
             "a{%- if true %}b{% endif -%}c{% if x %}{% endif %}"
         );
-        assert_eq!(rewrite_generation_tags("{% generations %}"), "{% generations %}");
+        assert_eq!(
+            rewrite_generation_tags("{% generations %}"),
+            "{% generations %}"
+        );
     }
 
     #[test]
     fn civil_time_matches_known_dates() {
         // 2024-07-26 00:00:00 UTC, a Friday, day 208 of a leap year.
         let t = CivilTime::from_unix(1_721_952_000);
-        assert_eq!((t.year, t.month, t.day, t.weekday, t.day_of_year), (2024, 7, 26, 4, 208));
+        assert_eq!(
+            (t.year, t.month, t.day, t.weekday, t.day_of_year),
+            (2024, 7, 26, 4, 208)
+        );
         assert_eq!(strftime("%d %b %Y", &t), "26 Jul 2024");
-        assert_eq!(strftime("%A %-d %B %y %H:%M:%S %j %%", &t), "Friday 26 July 24 00:00:00 208 %");
+        assert_eq!(
+            strftime("%A %-d %B %y %H:%M:%S %j %%", &t),
+            "Friday 26 July 24 00:00:00 208 %"
+        );
         let t = CivilTime::from_unix(0);
         assert_eq!(strftime("%Y-%m-%d %a", &t), "1970-01-01 Thu");
     }

@@ -115,11 +115,18 @@ impl ModelConfig {
             return Err(Error::config(
                 path,
                 "head_dim",
-                format!("rotary embeddings need an even head_dim, got {}", self.head_dim),
+                format!(
+                    "rotary embeddings need an even head_dim, got {}",
+                    self.head_dim
+                ),
             ));
         }
         if !(self.rope.theta.is_finite() && self.rope.theta > 0.0) {
-            return Err(Error::config(path, "rope_theta", "must be a positive number"));
+            return Err(Error::config(
+                path,
+                "rope_theta",
+                "must be a positive number",
+            ));
         }
         Ok(())
     }
@@ -222,7 +229,11 @@ impl HfConfig {
         let hidden_size = required(path, "hidden_size", self.hidden_size)?;
         let num_heads = required(path, "num_attention_heads", self.num_attention_heads)?;
         if num_heads == 0 {
-            return Err(Error::config(path, "num_attention_heads", "must be greater than 0"));
+            return Err(Error::config(
+                path,
+                "num_attention_heads",
+                "must be greater than 0",
+            ));
         }
         let head_dim = self.head_dim.unwrap_or(hidden_size / num_heads);
         let num_labels = self
@@ -244,9 +255,19 @@ impl HfConfig {
             attention_bias: self.attention_bias,
             mlp_bias: self.mlp_bias,
             num_labels,
-            bos_token_id: self.bos_token_id.as_ref().and_then(|t| t.to_vec().first().copied()),
-            eos_token_ids: self.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default(),
-            pad_token_id: self.pad_token_id.as_ref().and_then(|t| t.to_vec().first().copied()),
+            bos_token_id: self
+                .bos_token_id
+                .as_ref()
+                .and_then(|t| t.to_vec().first().copied()),
+            eos_token_ids: self
+                .eos_token_id
+                .as_ref()
+                .map(TokenIds::to_vec)
+                .unwrap_or_default(),
+            pad_token_id: self
+                .pad_token_id
+                .as_ref()
+                .and_then(|t| t.to_vec().first().copied()),
         };
         cfg.validate(path)?;
         Ok(cfg)
@@ -279,7 +300,9 @@ impl HfConfig {
             params
                 .get(key)
                 .and_then(serde_json::Value::as_f64)
-                .ok_or_else(|| Error::config(path, format!("{field}.{key}"), "missing or not a number"))
+                .ok_or_else(|| {
+                    Error::config(path, format!("{field}.{key}"), "missing or not a number")
+                })
         };
         let scaling = match rope_type {
             "default" => RopeScaling::Default,
@@ -321,7 +344,8 @@ mod tests {
     use super::*;
 
     fn parse(json: &str) -> crate::Result<ModelConfig> {
-        let raw: HfConfig = serde_json::from_str(json).map_err(|e| Error::json("config.json", e))?;
+        let raw: HfConfig =
+            serde_json::from_str(json).map_err(|e| Error::json("config.json", e))?;
         raw.resolve(Path::new("config.json"))
     }
 
@@ -372,11 +396,15 @@ mod tests {
     #[test]
     fn errors_name_the_problem() {
         let unknown = parse(&format!(r#"{{"model_type": "mistralish", {BASE}}}"#));
-        assert!(matches!(unknown, Err(Error::UnsupportedArchitecture { ref architecture, .. }) if architecture == "mistralish"));
+        assert!(
+            matches!(unknown, Err(Error::UnsupportedArchitecture { ref architecture, .. }) if architecture == "mistralish")
+        );
         let missing = parse(r#"{"model_type": "llama", "vocab_size": 10}"#);
         let msg = missing.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(msg.contains("hidden_size"), "{msg}");
-        let gqa = parse(&format!(r#"{{"model_type": "llama", {BASE}, "num_key_value_heads": 3}}"#));
+        let gqa = parse(&format!(
+            r#"{{"model_type": "llama", {BASE}, "num_key_value_heads": 3}}"#
+        ));
         let msg = gqa.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(msg.contains("num_key_value_heads"), "{msg}");
         let rope = parse(&format!(

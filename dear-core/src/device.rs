@@ -49,7 +49,9 @@ impl std::str::FromStr for Device {
                 .and_then(|n| n.parse().ok())
                 .map(Device::Cuda)
                 .ok_or_else(|| {
-                    Error::InvalidArgument(format!("unknown device {s:?} (use cpu, cuda or cuda:N)"))
+                    Error::InvalidArgument(format!(
+                        "unknown device {s:?} (use cpu, cuda or cuda:N)"
+                    ))
                 }),
         }
     }
@@ -81,7 +83,10 @@ mod tests {
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn cuda_without_feature_is_an_error() {
-        assert!(matches!(Device::Cuda(0).open(), Err(Error::CudaNotCompiled)));
+        assert!(matches!(
+            Device::Cuda(0).open(),
+            Err(Error::CudaNotCompiled)
+        ));
         assert_eq!(Device::best_available(), Device::Cpu);
     }
 }

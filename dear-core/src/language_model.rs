@@ -55,7 +55,7 @@ impl LanguageModel {
     /// a hub id that is not cached while offline.
     pub fn load(spec: &str, options: &LoadOptions) -> crate::Result<Self> {
         let files = loader::locate(spec, options.hub())?;
-        let (cfg, weights, freqs) = loader::open(&files, options)?;
+        let opened = loader::open(&files, options)?;
         let device = options.device().open()?;
         let quantized = matches!(files, ModelFiles::Gguf(_))
             || options.quantization() != loader::Quantization::None;
@@ -66,7 +66,13 @@ impl LanguageModel {
             options.dtype().candle()
         };
         let tokenizer = loader::open_tokenizer(&files)?;
-        let llama = Llama::load(weights.as_ref(), cfg, freqs.as_deref(), device, dtype)?;
+        let llama = Llama::load(
+            opened.weights.as_ref(),
+            opened.config,
+            opened.rope_freq_divisors.as_deref(),
+            device,
+            dtype,
+        )?;
         if tokenizer.vocab_size() > llama.config().vocab_size {
             tracing::warn!(
                 tokenizer = tokenizer.vocab_size(),
@@ -137,7 +143,10 @@ impl LanguageModel {
         add_generation_prompt: bool,
     ) -> crate::Result<Vec<u32>> {
         let template = self.tokenizer.chat_template().ok_or_else(|| {
-            Error::ChatTemplate(format!("the model at '{}' has no chat template", self.source))
+            Error::ChatTemplate(format!(
+                "the model at '{}' has no chat template",
+                self.source
+            ))
         })?;
         let text = template.render(messages, add_generation_prompt)?;
         self.tokenizer.encode(&text, false)

@@ -86,8 +86,8 @@ const QWEN35_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{
 /// byte-level default.
 fn pre_tokenizer_split(pre: &str) -> Option<&'static str> {
     Some(match pre {
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2"
-        | "jina-v5-nano" | "dbrx" | "smaug-bpe" => LLAMA3_SPLIT,
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
+        | "lfm2" | "jina-v5-nano" | "dbrx" | "smaug-bpe" => LLAMA3_SPLIT,
         "tekken" => TEKKEN_SPLIT,
         "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" => QWEN2_SPLIT,
         "qwen35" => QWEN35_SPLIT,
@@ -162,14 +162,50 @@ impl Tokenizer {
                 "tokenizer.json not found: a Hugging Face model directory must contain one",
             ));
         }
-        let bytes = std::fs::read(&tokenizer_path).map_err(|e| Error::io(&tokenizer_path, e))?;
-        let mut inner = tokenizers::Tokenizer::from_bytes(&bytes)
-            .map_err(|e| Error::tokenizer(origin.clone(), format!("not a valid tokenizer.json: {e}")))?;
+        let text =
+            std::fs::read_to_string(&tokenizer_path).map_err(|e| Error::io(&tokenizer_path, e))?;
+        let invalid = |e: &dyn std::fmt::Display| {
+            Error::tokenizer(origin.clone(), format!("not a valid tokenizer.json: {e}"))
+        };
+        let tokenizer_json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| invalid(&e))?;
 
         let config_path = dir.join("tokenizer_config.json");
         let config = read_optional_json(&config_path)?;
         let map_path = dir.join("special_tokens_map.json");
         let special_map = read_optional_json(&map_path)?;
+        let model_config_path = dir.join("config.json");
+        let model_config = read_optional_json(&model_config_path)?;
+
+        // `transformers` loads a `LlamaTokenizer` (rather than the `tokenizer.json` as it is) for
+        // a sentencepiece-style Llama tokenizer, rebuilding its normalizer, pre-tokenizer and
+        // decoder and re-adding the added tokens.
+        let tokenizer_class = config
+            .as_ref()
+            .and_then(|c| c.get("tokenizer_class"))
+            .and_then(serde_json::Value::as_str)
+            .map(|name| name.strip_suffix("Fast").unwrap_or(name));
+        let model_type = model_config
+            .as_ref()
+            .and_then(|c| c.get("model_type"))
+            .and_then(serde_json::Value::as_str);
+        let rebuild_as_llama = tokenizer_class == Some("LlamaTokenizer")
+            && matches!(model_type, None | Some("llama"))
+            && !text.contains("\"ByteLevel\"")
+            && tokenizer_json
+                .pointer("/model/type")
+                .and_then(serde_json::Value::as_str)
+                == Some("BPE");
+        let (mut inner, rebuilt) = if rebuild_as_llama {
+            let json = llama_tokenizer_json(&tokenizer_json, config.as_ref());
+            let inner: tokenizers::Tokenizer =
+                serde_json::from_value(json).map_err(|e| invalid(&e))?;
+            (inner, true)
+        } else {
+            let inner =
+                tokenizers::Tokenizer::from_bytes(text.as_bytes()).map_err(|e| invalid(&e))?;
+            (inner, false)
+        };
 
         let mut special_tokens = Vec::new();
         for name in SPECIAL_TOKEN_NAMES {
@@ -197,18 +233,40 @@ impl Tokenizer {
             }
         }
 
-        // The named special tokens are added as special tokens when the tokenizer does not
-        // already have them as added tokens.
-        let named: Vec<String> = special_tokens
-            .iter()
-            .filter(|(name, _)| SPECIAL_TOKEN_NAMES.contains(&name.as_str()))
-            .map(|(_, value)| value.clone())
-            .collect();
-        add_missing_special_tokens(&mut inner, &named);
+        // The added tokens of the config (or, for a rebuilt tokenizer without them there, of
+        // tokenizer.json) and the named special tokens are added when the tokenizer does not
+        // already have them, as `TokenizersBackend.__init__` does.
+        let mut to_add = match config.as_ref().and_then(|c| c.get("added_tokens_decoder")) {
+            Some(decoder) => added_tokens_decoder(decoder, &config_path, "added_tokens_decoder")?,
+            None if rebuilt => match tokenizer_json.get("added_tokens") {
+                Some(serde_json::Value::Array(tokens)) => {
+                    let by_id: serde_json::Map<String, serde_json::Value> = tokens
+                        .iter()
+                        .filter_map(|t| Some((t.get("id")?.as_u64()?.to_string(), t.clone())))
+                        .collect();
+                    added_tokens_decoder(
+                        &serde_json::Value::Object(by_id),
+                        &tokenizer_path,
+                        "added_tokens",
+                    )?
+                }
+                _ => Vec::new(),
+            },
+            None => Vec::new(),
+        };
+        for (name, value) in &special_tokens {
+            if SPECIAL_TOKEN_NAMES.contains(&name.as_str()) {
+                to_add.push(AddedToken::from(value.clone(), true).normalized(false));
+            }
+        }
+        add_missing_tokens(&mut inner, to_add);
 
         let template_path = dir.join("chat_template.jinja");
         let chat_template = if template_path.is_file() {
-            Some(std::fs::read_to_string(&template_path).map_err(|e| Error::io(&template_path, e))?)
+            Some(
+                std::fs::read_to_string(&template_path)
+                    .map_err(|e| Error::io(&template_path, e))?,
+            )
         } else {
             match &config {
                 Some(config) => config_chat_template(config, &config_path)?,
@@ -217,11 +275,12 @@ impl Tokenizer {
         };
 
         let mut extra_end_ids = Vec::new();
-        for name in ["generation_config.json", "config.json"] {
-            let path = dir.join(name);
-            if let Some(json) = read_optional_json(&path)? {
-                extra_end_ids.extend(eos_ids_field(&json, &path)?);
-            }
+        let generation_path = dir.join("generation_config.json");
+        if let Some(json) = read_optional_json(&generation_path)? {
+            extra_end_ids.extend(eos_ids_field(&json, &generation_path)?);
+        }
+        if let Some(json) = &model_config {
+            extra_end_ids.extend(eos_ids_field(json, &model_config_path)?);
         }
 
         Self::assemble(
@@ -262,12 +321,18 @@ impl Tokenizer {
         let origin = path.display().to_string();
         let meta = GgufMeta { content, path };
         let model = meta.string("tokenizer.ggml.model")?.ok_or_else(|| {
-            Error::tokenizer(origin.clone(), "the GGUF metadata has no tokenizer (tokenizer.ggml.model)")
+            Error::tokenizer(
+                origin.clone(),
+                "the GGUF metadata has no tokenizer (tokenizer.ggml.model)",
+            )
         })?;
         let architecture = meta.string("general.architecture")?.unwrap_or_default();
-        let tokens = meta
-            .strings("tokenizer.ggml.tokens")?
-            .ok_or_else(|| Error::tokenizer(origin.clone(), "the GGUF metadata has no tokenizer.ggml.tokens"))?;
+        let tokens = meta.strings("tokenizer.ggml.tokens")?.ok_or_else(|| {
+            Error::tokenizer(
+                origin.clone(),
+                "the GGUF metadata has no tokenizer.ggml.tokens",
+            )
+        })?;
         let token_types = meta.ints("tokenizer.ggml.token_type")?.unwrap_or_default();
         let merges = meta.strings("tokenizer.ggml.merges")?;
 
@@ -300,8 +365,14 @@ impl Tokenizer {
 
         if let Some(pre) = meta.string("tokenizer.ggml.pre")? {
             if let Some(pattern) = pre_tokenizer_split(pre) {
-                let split = Split::new(SplitPattern::Regex(pattern.to_owned()), SplitDelimiterBehavior::Isolated, false)
-                    .map_err(|e| Error::tokenizer(origin.clone(), format!("split regex for '{pre}': {e}")))?;
+                let split = Split::new(
+                    SplitPattern::Regex(pattern.to_owned()),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .map_err(|e| {
+                    Error::tokenizer(origin.clone(), format!("split regex for '{pre}': {e}"))
+                })?;
                 let sequence = PreTokenizerSequence::new(vec![
                     PreTokenizerWrapper::Split(split),
                     PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, false)),
@@ -320,18 +391,39 @@ impl Tokenizer {
         ] {
             if let Some(id) = meta.u32(key)? {
                 let token = tokens.get(id as usize).ok_or_else(|| {
-                    Error::config(path, key, format!("token id {id} is out of range for {} tokens", tokens.len()))
+                    Error::config(
+                        path,
+                        key,
+                        format!("token id {id} is out of range for {} tokens", tokens.len()),
+                    )
                 })?;
                 special_tokens.push((name.to_owned(), token.clone()));
             }
         }
-        let named: Vec<String> = special_tokens.iter().map(|(_, value)| value.clone()).collect();
+        let named: Vec<String> = special_tokens
+            .iter()
+            .map(|(_, value)| value.clone())
+            .collect();
         add_missing_special_tokens(&mut inner, &named);
 
-        let add_bos = meta.bool("tokenizer.ggml.add_bos_token")?.unwrap_or(model == "llama");
+        let add_bos = meta
+            .bool("tokenizer.ggml.add_bos_token")?
+            .unwrap_or(model == "llama");
         let add_eos = meta.bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
-        let lookup = |name: &str| special_tokens.iter().find(|(key, _)| key == name).map(|(_, v)| v.as_str());
-        let processor = bos_eos_processor(&inner, lookup("bos_token"), add_bos, lookup("eos_token"), add_eos, &origin)?;
+        let lookup = |name: &str| {
+            special_tokens
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let processor = bos_eos_processor(
+            &inner,
+            lookup("bos_token"),
+            add_bos,
+            lookup("eos_token"),
+            add_eos,
+            &origin,
+        )?;
         inner.with_post_processor(Some(processor));
 
         let mut extra_end_ids = Vec::new();
@@ -366,7 +458,10 @@ impl Tokenizer {
         let pad_token_id = id_of("pad_token");
 
         let chat_template = match &facts.chat_template {
-            Some(source) => Some(ChatTemplate::with_special_tokens(source, facts.special_tokens.clone())?),
+            Some(source) => Some(ChatTemplate::with_special_tokens(
+                source,
+                facts.special_tokens.clone(),
+            )?),
             None => None,
         };
 
@@ -506,7 +601,9 @@ fn read_optional_json(path: &Path) -> crate::Result<Option<serde_json::Value>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map(Some).map_err(|e| Error::json(path, e))
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| Error::json(path, e))
 }
 
 /// A special token field of `tokenizer_config.json`/`special_tokens_map.json`: a string, an
@@ -517,9 +614,17 @@ fn token_field(json: &serde_json::Value, name: &str, path: &Path) -> crate::Resu
         Some(serde_json::Value::String(text)) => Ok(Some(text.clone())),
         Some(serde_json::Value::Object(fields)) => match fields.get("content") {
             Some(serde_json::Value::String(text)) => Ok(Some(text.clone())),
-            _ => Err(Error::config(path, name, "a token object needs a string `content`")),
+            _ => Err(Error::config(
+                path,
+                name,
+                "a token object needs a string `content`",
+            )),
         },
-        Some(_) => Err(Error::config(path, name, "expected a string or a token object")),
+        Some(_) => Err(Error::config(
+            path,
+            name,
+            "expected a string or a token object",
+        )),
     }
 }
 
@@ -536,13 +641,11 @@ fn config_chat_template(config: &serde_json::Value, path: &Path) -> crate::Resul
                 match (name, template) {
                     (Some("default"), Some(template)) => return Ok(Some(template.to_owned())),
                     (Some(_), Some(_)) => {}
-                    _ => {
-                        return Err(Error::config(
-                            path,
-                            "chat_template",
-                            "each entry of a list of templates needs a string `name` and `template`",
-                        ))
-                    }
+                    _ => return Err(Error::config(
+                        path,
+                        "chat_template",
+                        "each entry of a list of templates needs a string `name` and `template`",
+                    )),
                 }
             }
             tracing::warn!(
@@ -551,7 +654,11 @@ fn config_chat_template(config: &serde_json::Value, path: &Path) -> crate::Resul
             );
             Ok(None)
         }
-        Some(_) => Err(Error::config(path, "chat_template", "expected a string or a list of named templates")),
+        Some(_) => Err(Error::config(
+            path,
+            "chat_template",
+            "expected a string or a list of named templates",
+        )),
     }
 }
 
@@ -563,33 +670,146 @@ fn eos_ids_field(json: &serde_json::Value, path: &Path) -> crate::Result<Vec<u32
         Some(serde_json::Value::Array(items)) => items
             .iter()
             .map(|item| {
-                as_id(item).ok_or_else(|| Error::config(path, "eos_token_id", "expected token ids (non-negative integers)"))
+                as_id(item).ok_or_else(|| {
+                    Error::config(
+                        path,
+                        "eos_token_id",
+                        "expected token ids (non-negative integers)",
+                    )
+                })
             })
             .collect(),
-        Some(value) => as_id(value)
-            .map(|id| vec![id])
-            .ok_or_else(|| Error::config(path, "eos_token_id", "expected a token id or a list of token ids")),
+        Some(value) => as_id(value).map(|id| vec![id]).ok_or_else(|| {
+            Error::config(
+                path,
+                "eos_token_id",
+                "expected a token id or a list of token ids",
+            )
+        }),
     }
 }
 
-/// Adds each of `tokens` that the tokenizer does not have as an added token yet as a special
-/// token, as `transformers`' `TokenizersBackend.__init__` does for the named special tokens.
-fn add_missing_special_tokens(inner: &mut tokenizers::Tokenizer, tokens: &[String]) {
-    let added: HashSet<String> = inner
+/// Adds each of `tokens` that the tokenizer does not have as an added token yet (compared by
+/// content), in order, as `transformers`' `TokenizersBackend.__init__` does.
+fn add_missing_tokens(inner: &mut tokenizers::Tokenizer, tokens: Vec<AddedToken>) {
+    let mut present: HashSet<String> = inner
         .get_added_tokens_decoder()
         .into_values()
         .map(|token| token.content)
         .collect();
-    let mut missing: Vec<AddedToken> = Vec::new();
-    for token in tokens {
-        if token.is_empty() || added.contains(token) || missing.iter().any(|t| &t.content == token) {
-            continue;
-        }
-        missing.push(AddedToken::from(token.clone(), true).normalized(false));
-    }
+    let missing: Vec<AddedToken> = tokens
+        .into_iter()
+        .filter(|token| !token.content.is_empty() && present.insert(token.content.clone()))
+        .collect();
     if !missing.is_empty() {
-        inner.add_special_tokens(&missing);
+        inner.add_tokens(&missing);
     }
+}
+
+/// Adds each of `tokens` missing from the added tokens as a special token.
+fn add_missing_special_tokens(inner: &mut tokenizers::Tokenizer, tokens: &[String]) {
+    let tokens = tokens
+        .iter()
+        .map(|token| AddedToken::from(token.clone(), true).normalized(false))
+        .collect();
+    add_missing_tokens(inner, tokens);
+}
+
+/// The added tokens of a `{"<id>": {"content": ..., "special": ..., ...}}` map, in id order.
+fn added_tokens_decoder(
+    json: &serde_json::Value,
+    path: &Path,
+    field: &str,
+) -> crate::Result<Vec<AddedToken>> {
+    let serde_json::Value::Object(entries) = json else {
+        return Err(Error::config(
+            path,
+            field,
+            "expected a map from token ids to tokens",
+        ));
+    };
+    let mut tokens = Vec::with_capacity(entries.len());
+    for (id, entry) in entries {
+        let id: u64 = id
+            .parse()
+            .map_err(|_| Error::config(path, field, format!("'{id}' is not a token id")))?;
+        let content = entry
+            .get("content")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| {
+                Error::config(path, field, format!("token {id} has no string `content`"))
+            })?;
+        let flag = |name: &str| entry.get(name).and_then(serde_json::Value::as_bool);
+        let special = flag("special").unwrap_or(false);
+        let token = AddedToken::from(content.to_owned(), special)
+            .single_word(flag("single_word").unwrap_or(false))
+            .lstrip(flag("lstrip").unwrap_or(false))
+            .rstrip(flag("rstrip").unwrap_or(false))
+            .normalized(flag("normalized").unwrap_or(!special));
+        tokens.push((id, token));
+    }
+    tokens.sort_by_key(|(id, _)| *id);
+    Ok(tokens.into_iter().map(|(_, token)| token).collect())
+}
+
+/// The `tokenizer.json` of the `LlamaTokenizer` that `transformers` builds from a
+/// sentencepiece-style `tokenizer.json`: its vocabulary, merges and post-processor, no
+/// normalizer, a `Metaspace` pre-tokenizer (prepending `▁` always with `legacy`, else to the
+/// first piece only, never without `add_prefix_space`) and the matching decoder. Added tokens
+/// are re-added by the caller.
+fn llama_tokenizer_json(
+    tokenizer_json: &serde_json::Value,
+    config: Option<&serde_json::Value>,
+) -> serde_json::Value {
+    let flag = |name: &str| {
+        config
+            .and_then(|c| c.get(name))
+            .and_then(serde_json::Value::as_bool)
+    };
+    let add_prefix_space = flag("add_prefix_space").unwrap_or(true);
+    let legacy = flag("legacy").unwrap_or(false);
+    let prepend_scheme = match (add_prefix_space, legacy) {
+        (false, _) => "never",
+        (true, true) => "always",
+        (true, false) => "first",
+    };
+    let mut decoders = vec![
+        serde_json::json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
+        serde_json::json!({"type": "ByteFallback"}),
+        serde_json::json!({"type": "Fuse"}),
+    ];
+    if add_prefix_space {
+        decoders.push(serde_json::json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+    }
+    let model = tokenizer_json.get("model");
+    let field = |name: &str| {
+        model
+            .and_then(|m| m.get(name))
+            .cloned()
+            .unwrap_or(serde_json::Value::Null)
+    };
+    serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": prepend_scheme, "split": false},
+        "post_processor": tokenizer_json.get("post_processor").cloned().unwrap_or(serde_json::Value::Null),
+        "decoder": {"type": "Sequence", "decoders": decoders},
+        "model": {
+            "type": "BPE",
+            "dropout": null,
+            "unk_token": null,
+            "continuing_subword_prefix": null,
+            "end_of_word_suffix": null,
+            "fuse_unk": true,
+            "byte_fallback": true,
+            "ignore_merges": false,
+            "vocab": field("vocab"),
+            "merges": field("merges"),
+        },
+    })
 }
 
 /// The post-processor `transformers`' `update_post_processor` installs: `bos $A eos` with the
@@ -605,7 +825,8 @@ fn bos_eos_processor(
     let bos = bos.filter(|_| add_bos);
     let eos = eos.filter(|_| add_eos);
     let special = |token: &str, type_id: u32| serde_json::json!({"SpecialToken": {"id": token, "type_id": type_id}});
-    let sequence = |id: &str, type_id: u32| serde_json::json!({"Sequence": {"id": id, "type_id": type_id}});
+    let sequence =
+        |id: &str, type_id: u32| serde_json::json!({"Sequence": {"id": id, "type_id": type_id}});
     let mut single = Vec::new();
     let mut pair = Vec::new();
     for (id, type_id, pieces) in [("A", 0, &mut single), ("B", 1, &mut pair)] {
@@ -620,9 +841,12 @@ fn bos_eos_processor(
     let pair: Vec<serde_json::Value> = single.iter().cloned().chain(pair).collect();
     let mut special_tokens = serde_json::Map::new();
     for token in [bos, eos].into_iter().flatten() {
-        let id = inner
-            .token_to_id(token)
-            .ok_or_else(|| Error::tokenizer(origin.to_owned(), format!("special token '{token}' is not in the vocabulary")))?;
+        let id = inner.token_to_id(token).ok_or_else(|| {
+            Error::tokenizer(
+                origin.to_owned(),
+                format!("special token '{token}' is not in the vocabulary"),
+            )
+        })?;
         special_tokens.insert(
             token.to_owned(),
             serde_json::json!({"id": token, "ids": [id], "tokens": [token]}),
@@ -634,8 +858,12 @@ fn bos_eos_processor(
         "pair": pair,
         "special_tokens": special_tokens,
     });
-    let processor: TemplateProcessing = serde_json::from_value(json)
-        .map_err(|e| Error::tokenizer(origin.to_owned(), format!("cannot build the post-processor: {e}")))?;
+    let processor: TemplateProcessing = serde_json::from_value(json).map_err(|e| {
+        Error::tokenizer(
+            origin.to_owned(),
+            format!("cannot build the post-processor: {e}"),
+        )
+    })?;
     Ok(PostProcessorWrapper::Template(processor))
 }
 
@@ -677,7 +905,11 @@ fn parse_merges(merges: &[String], origin: &str) -> crate::Result<Vec<(String, S
 
 /// Byte-level BPE from a GGUF `gpt2` vocabulary: `GPT2Tokenizer`'s model, pre-tokenizer and
 /// decoder, with its default special token `<|endoftext|>` added when missing.
-fn byte_level_bpe(tokens: &[String], merges: Option<&[String]>, origin: &str) -> crate::Result<tokenizers::Tokenizer> {
+fn byte_level_bpe(
+    tokens: &[String],
+    merges: Option<&[String]>,
+    origin: &str,
+) -> crate::Result<tokenizers::Tokenizer> {
     let table = bytes_to_unicode();
     let alphabet: HashSet<char> = table.iter().copied().collect();
     let mut vocab = Vocab::default();
@@ -699,7 +931,12 @@ fn byte_level_bpe(tokens: &[String], merges: Option<&[String]>, origin: &str) ->
         .end_of_word_suffix(String::new())
         .fuse_unk(false)
         .build()
-        .map_err(|e| Error::tokenizer(origin.to_owned(), format!("invalid byte-level BPE vocabulary: {e}")))?;
+        .map_err(|e| {
+            Error::tokenizer(
+                origin.to_owned(),
+                format!("invalid byte-level BPE vocabulary: {e}"),
+            )
+        })?;
     let mut inner = tokenizers::Tokenizer::new(bpe);
     inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
     inner.with_decoder(Some(ByteLevelDecoder::default()));
@@ -737,30 +974,52 @@ fn sentencepiece_bpe(
         .fuse_unk(true)
         .byte_fallback(true)
         .build()
-        .map_err(|e| Error::tokenizer(origin.to_owned(), format!("invalid sentencepiece BPE vocabulary: {e}")))?;
+        .map_err(|e| {
+            Error::tokenizer(
+                origin.to_owned(),
+                format!("invalid sentencepiece BPE vocabulary: {e}"),
+            )
+        })?;
     let mut inner = tokenizers::Tokenizer::new(bpe);
-    inner.with_pre_tokenizer(Some(Metaspace::new('\u{2581}', PrependScheme::First, false)));
-    let replace = Replace::new("\u{2581}", " ")
-        .map_err(|e| Error::tokenizer(origin.to_owned(), format!("cannot build the decoder: {e}")))?;
+    inner.with_pre_tokenizer(Some(Metaspace::new(
+        '\u{2581}',
+        PrependScheme::First,
+        false,
+    )));
+    let replace = Replace::new("\u{2581}", " ").map_err(|e| {
+        Error::tokenizer(origin.to_owned(), format!("cannot build the decoder: {e}"))
+    })?;
     inner.with_decoder(Some(DecoderSequence::new(vec![
         DecoderWrapper::Replace(replace),
         DecoderWrapper::ByteFallback(ByteFallback::new()),
         DecoderWrapper::Fuse(Fuse::new()),
         DecoderWrapper::Strip(Strip::new(' ', 1, 0)),
     ])));
-    add_missing_special_tokens(&mut inner, &["<s>".to_owned(), "</s>".to_owned(), "<unk>".to_owned()]);
+    add_missing_special_tokens(
+        &mut inner,
+        &["<s>".to_owned(), "</s>".to_owned(), "<unk>".to_owned()],
+    );
     Ok(inner)
 }
 
 fn index_u32(index: usize, origin: &str) -> crate::Result<u32> {
-    u32::try_from(index).map_err(|_| Error::tokenizer(origin.to_owned(), "the vocabulary has more than 2^32 tokens"))
+    u32::try_from(index).map_err(|_| {
+        Error::tokenizer(
+            origin.to_owned(),
+            "the vocabulary has more than 2^32 tokens",
+        )
+    })
 }
 
 /// Merges recovered from a vocabulary without any, as `transformers`' `generate_merges` does:
 /// every way to cut a token into two tokens of the vocabulary is a merge; merges are ranked by
 /// the token's score (best first) when `scores` are given, else by the token's id, then by the
 /// lengths of the two sides (longer first), the original order breaking ties.
-fn merges_from_vocab(tokens: &[String], scores: Option<&[f64]>, origin: &str) -> crate::Result<Vec<(String, String)>> {
+fn merges_from_vocab(
+    tokens: &[String],
+    scores: Option<&[f64]>,
+    origin: &str,
+) -> crate::Result<Vec<(String, String)>> {
     let mut vocab: HashMap<&str, u32> = HashMap::with_capacity(tokens.len());
     for (index, token) in tokens.iter().enumerate() {
         vocab.insert(token.as_str(), index_u32(index, origin)?);
@@ -807,12 +1066,11 @@ fn merges_from_vocab(tokens: &[String], scores: Option<&[f64]>, origin: &str) ->
     merges.sort_by(|a, b| {
         let key = |m: &(&str, &str, f64)| (m.2, m.0.chars().count(), m.1.chars().count());
         let (ka, kb) = (key(a), key(b));
-        let ordering = ka
-            .0
-            .partial_cmp(&kb.0)
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then(ka.1.cmp(&kb.1))
-            .then(ka.2.cmp(&kb.2));
+        let ordering =
+            ka.0.partial_cmp(&kb.0)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(ka.1.cmp(&kb.1))
+                .then(ka.2.cmp(&kb.2));
         if descending {
             ordering.reverse()
         } else {
@@ -829,8 +1087,14 @@ fn merges_from_vocab(tokens: &[String], scores: Option<&[f64]>, origin: &str) ->
 /// tokens. In a byte-level vocabulary, a CONTROL token spelled outside the byte alphabet is a
 /// mislabel and is skipped; a USER_DEFINED token is only added when the vocabulary has it as
 /// written.
-fn add_gguf_added_tokens(inner: &mut tokenizers::Tokenizer, tokens: &[String], token_types: &[i64], byte_level: bool) {
-    let alphabet: Option<HashSet<char>> = byte_level.then(|| bytes_to_unicode().iter().copied().collect());
+fn add_gguf_added_tokens(
+    inner: &mut tokenizers::Tokenizer,
+    tokens: &[String],
+    token_types: &[i64],
+    byte_level: bool,
+) {
+    let alphabet: Option<HashSet<char>> =
+        byte_level.then(|| bytes_to_unicode().iter().copied().collect());
     let control: Vec<AddedToken> = tokens
         .iter()
         .zip(token_types)
@@ -848,7 +1112,9 @@ fn add_gguf_added_tokens(inner: &mut tokenizers::Tokenizer, tokens: &[String], t
     let user_defined: Vec<AddedToken> = tokens
         .iter()
         .zip(token_types)
-        .filter(|(token, &kind)| kind == TOKEN_TYPE_USER_DEFINED && inner.token_to_id(token).is_some())
+        .filter(|(token, &kind)| {
+            kind == TOKEN_TYPE_USER_DEFINED && inner.token_to_id(token).is_some()
+        })
         .map(|(token, _)| AddedToken::from(token.clone(), false).normalized(false))
         .collect();
     if !user_defined.is_empty() {

@@ -1,3 +1,8 @@
 //! dear-core's integration tests: one binary, one module per area.
 
+mod common;
+mod errors;
+mod hub;
+mod llama;
+mod smollm2;
 mod tokenizer;

@@ -125,7 +125,11 @@ impl GgufSource {
     pub(crate) fn open(path: &Path, device: Device) -> crate::Result<Self> {
         let content = read_content(path)?;
         let arch = md_str(&content, "general.architecture").ok_or_else(|| {
-            Error::config(path, "general.architecture", "missing from the GGUF metadata")
+            Error::config(
+                path,
+                "general.architecture",
+                "missing from the GGUF metadata",
+            )
         })?;
         if arch != "llama" {
             return Err(Error::UnsupportedArchitecture {
@@ -146,12 +150,17 @@ impl GgufSource {
     pub(crate) fn config(&self) -> crate::Result<ModelConfig> {
         let (c, p) = (&self.content, self.path.as_path());
         let need = |key: &str| -> crate::Result<usize> {
-            md_usize(c, p, key)?.ok_or_else(|| Error::config(p, key, "missing from the GGUF metadata"))
+            md_usize(c, p, key)?
+                .ok_or_else(|| Error::config(p, key, "missing from the GGUF metadata"))
         };
         let hidden_size = need("llama.embedding_length")?;
         let num_heads = need("llama.attention.head_count")?;
         if num_heads == 0 {
-            return Err(Error::config(p, "llama.attention.head_count", "must be greater than 0"));
+            return Err(Error::config(
+                p,
+                "llama.attention.head_count",
+                "must be greater than 0",
+            ));
         }
         let head_dim = match md_usize(c, p, "llama.attention.key_length")? {
             Some(d) => d,
@@ -202,7 +211,9 @@ impl GgufSource {
             mlp_bias: c.tensor_infos.contains_key("blk.0.ffn_up.bias"),
             num_labels: None,
             bos_token_id: token_id("tokenizer.ggml.bos_token_id")?,
-            eos_token_ids: token_id("tokenizer.ggml.eos_token_id")?.into_iter().collect(),
+            eos_token_ids: token_id("tokenizer.ggml.eos_token_id")?
+                .into_iter()
+                .collect(),
             pad_token_id: token_id("tokenizer.ggml.padding_token_id")?,
         };
         cfg.validate(p)?;
@@ -224,7 +235,11 @@ impl GgufSource {
             return Ok(None);
         }
         let t = self.read("rope_freqs.weight", &Device::Cpu)?;
-        Ok(Some(t.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?))
+        Ok(Some(
+            t.dequantize(&Device::Cpu)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+        ))
     }
 
     fn read(&self, gguf: &str, device: &Device) -> crate::Result<QTensor> {
@@ -251,8 +266,9 @@ impl GgufSource {
             return heads("llama.attention.head_count");
         }
         if name.ends_with("self_attn.k_proj.weight") || name.ends_with("self_attn.k_proj.bias") {
-            return Ok(heads("llama.attention.head_count_kv")?
-                .or(heads("llama.attention.head_count")?));
+            return Ok(
+                heads("llama.attention.head_count_kv")?.or(heads("llama.attention.head_count")?)
+            );
         }
         Ok(None)
     }
@@ -308,10 +324,6 @@ fn is_float(dtype: GgmlDType) -> bool {
 }
 
 impl WeightSource for GgufSource {
-    fn location(&self) -> &Path {
-        &self.path
-    }
-
     fn contains(&self, name: &str) -> bool {
         gguf_name(name).is_some_and(|g| self.content.tensor_infos.contains_key(&g))
     }
@@ -346,7 +358,10 @@ mod tests {
             gguf_name("model.layers.0.post_attention_layernorm.weight").as_deref(),
             Some("blk.0.ffn_norm.weight")
         );
-        assert_eq!(gguf_name("lm_head.weight").as_deref(), Some("output.weight"));
+        assert_eq!(
+            gguf_name("lm_head.weight").as_deref(),
+            Some("output.weight")
+        );
         assert_eq!(gguf_name("score.weight"), None);
     }
 

@@ -92,7 +92,9 @@ impl HubOptions {
         if let Some(home) = std::env::var_os("HF_HOME").filter(|v| !v.is_empty()) {
             return PathBuf::from(home).join("hub");
         }
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default();
         home.join(".cache").join("huggingface").join("hub")
     }
 
@@ -208,7 +210,11 @@ fn download(repo: &str, hub: &HubOptions) -> std::result::Result<PathBuf, String
                 let mut shards: Vec<String> = json
                     .get("weight_map")
                     .and_then(|m| m.as_object())
-                    .map(|m| m.values().filter_map(|v| v.as_str().map(String::from)).collect())
+                    .map(|m| {
+                        m.values()
+                            .filter_map(|v| v.as_str().map(String::from))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 shards.sort();
                 shards.dedup();

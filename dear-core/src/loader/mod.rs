@@ -20,8 +20,8 @@ use crate::config::ModelConfig;
 use crate::device::Device;
 use crate::Error;
 
-pub use self::hub::HubOptions;
 pub(crate) use self::hub::resolve_hub_model;
+pub use self::hub::HubOptions;
 
 /// Quantization applied to dense (safetensors) weights at load time.
 ///
@@ -180,10 +180,7 @@ impl LoadOptions {
 pub(crate) enum ModelFiles {
     /// A Hugging Face layout: a directory with `config.json`, tokenizer files and
     /// safetensors weights (possibly spread over shards listed by an index).
-    HfDir {
-        dir: PathBuf,
-        weights: Vec<PathBuf>,
-    },
+    HfDir { dir: PathBuf, weights: Vec<PathBuf> },
     /// One GGUF file holding weights, config and tokenizer.
     Gguf(PathBuf),
 }
@@ -279,9 +276,6 @@ pub(crate) enum Matrix {
 
 /// Hands out a model's tensors by their transformers names.
 pub(crate) trait WeightSource {
-    /// The file or directory the weights come from (for error messages).
-    fn location(&self) -> &Path;
-
     /// Whether a tensor of that name exists.
     fn contains(&self, name: &str) -> bool;
 
@@ -318,10 +312,19 @@ pub(crate) fn quantize_matrix(
     let chosen = if cols % dtype.block_size() == 0 {
         Some(dtype)
     } else if cols % GgmlDType::Q8_0.block_size() == 0 {
-        tracing::debug!(tensor = name, cols, ?dtype, "row length not a multiple of the block size: using q8_0");
+        tracing::debug!(
+            tensor = name,
+            cols,
+            ?dtype,
+            "row length not a multiple of the block size: using q8_0"
+        );
         Some(GgmlDType::Q8_0)
     } else {
-        tracing::debug!(tensor = name, cols, "row length not a multiple of 32: kept dense");
+        tracing::debug!(
+            tensor = name,
+            cols,
+            "row length not a multiple of 32: kept dense"
+        );
         None
     };
     match chosen {
@@ -333,28 +336,37 @@ pub(crate) fn quantize_matrix(
     }
 }
 
+/// A model's config and weights, opened but not yet built into a network.
+pub(crate) struct OpenedModel {
+    pub(crate) config: ModelConfig,
+    pub(crate) weights: Box<dyn WeightSource>,
+    /// GGUF `rope_freqs.weight`, when the file has one.
+    pub(crate) rope_freq_divisors: Option<Vec<f32>>,
+}
+
 /// Opens the weights and reads the config of located model files.
-pub(crate) fn open(
-    files: &ModelFiles,
-    options: &LoadOptions,
-) -> crate::Result<(ModelConfig, Box<dyn WeightSource>, Option<Vec<f32>>)> {
+pub(crate) fn open(files: &ModelFiles, options: &LoadOptions) -> crate::Result<OpenedModel> {
     let device = options.device().open()?;
     match files {
         ModelFiles::HfDir { dir, weights } => {
             let cfg = crate::config::read_hf_config(&dir.join("config.json"))?;
-            let source = safetensors::SafetensorsSource::open(
-                dir,
-                weights,
-                device,
-                options.quantization(),
-            )?;
-            Ok((cfg, Box::new(source), None))
+            let source =
+                safetensors::SafetensorsSource::open(dir, weights, device, options.quantization())?;
+            Ok(OpenedModel {
+                config: cfg,
+                weights: Box::new(source),
+                rope_freq_divisors: None,
+            })
         }
         ModelFiles::Gguf(path) => {
             let source = gguf::GgufSource::open(path, device)?;
             let cfg = source.config()?;
             let freqs = source.rope_freq_divisors()?;
-            Ok((cfg, Box::new(source), freqs))
+            Ok(OpenedModel {
+                config: cfg,
+                weights: Box::new(source),
+                rope_freq_divisors: freqs,
+            })
         }
     }
 }

@@ -122,19 +122,18 @@ impl SafetensorsSource {
             other => {
                 return Err(Error::corrupt(
                     path,
-                    format!("tensor '{name}' has dtype {other:?}; only f32, f16 and bf16 are supported"),
+                    format!(
+                        "tensor '{name}' has dtype {other:?}; only f32, f16 and bf16 are supported"
+                    ),
                 ))
             }
         }
-        st.load(name, &self.device).map_err(|e| Error::corrupt(path, e))
+        st.load(name, &self.device)
+            .map_err(|e| Error::corrupt(path, e))
     }
 }
 
 impl WeightSource for SafetensorsSource {
-    fn location(&self) -> &Path {
-        &self.dir
-    }
-
     fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)
     }

@@ -104,11 +104,8 @@ impl Attention {
             for (r, cache) in pack.ranges.iter().zip(caches.iter_mut()) {
                 let n = r.len();
                 let qi = q.narrow(0, r.start, n)?.contiguous()?;
-                let (ki, vi) = cache.append(
-                    layer,
-                    &k.narrow(0, r.start, n)?,
-                    &v.narrow(0, r.start, n)?,
-                )?;
+                let (ki, vi) =
+                    cache.append(layer, &k.narrow(0, r.start, n)?, &v.narrow(0, r.start, n)?)?;
                 let lk = ki.dim(0)?;
                 let part = if use_fused(&qi) {
                     let dev = &candle_core::Device::Cpu;
@@ -210,7 +207,11 @@ mod tests {
             None,
             None,
         )?;
-        let diff = (masked - fused)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        let diff = (masked - fused)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
         assert!(diff < 1e-5, "max diff {diff}");
         Ok(())
     }

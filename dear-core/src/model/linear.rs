@@ -7,13 +7,22 @@ use std::sync::Arc;
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Module, Tensor};
 
+/// Inputs with more rows than this are multiplied with dequantized f32 weights;
+/// smaller ones (decoding) use candle's quantized matrix-vector kernels.
+const DEQUANTIZE_ABOVE_ROWS: usize = 8;
+
 /// The weight of a linear layer.
 #[derive(Clone, Debug)]
 pub(crate) enum LinearWeight {
     /// `[out, in]`, in the model's activation dtype.
     Dense(Tensor),
     /// A block-quantized `[out, in]` matrix; inputs and outputs are f32.
-    Quantized(QMatMul),
+    Quantized {
+        /// candle's quantized matmul (activations quantized to 8 bits per block).
+        matmul: QMatMul,
+        /// The blocks themselves, dequantized for many-row inputs.
+        blocks: Arc<QTensor>,
+    },
 }
 
 /// A linear layer: weight plus optional bias.
@@ -21,46 +30,47 @@ pub(crate) enum LinearWeight {
 pub(crate) struct Linear {
     weight: LinearWeight,
     bias: Option<Tensor>,
-    in_dim: usize,
-    out_dim: usize,
 }
 
 impl Linear {
     pub(crate) fn dense(weight: Tensor, bias: Option<Tensor>) -> crate::Result<Self> {
-        let (out_dim, in_dim) = weight.dims2()?;
+        weight.dims2()?;
         Ok(Self {
             weight: LinearWeight::Dense(weight),
             bias,
-            in_dim,
-            out_dim,
         })
     }
 
     pub(crate) fn quantized(weight: Arc<QTensor>, bias: Option<Tensor>) -> crate::Result<Self> {
-        let (out_dim, in_dim) = weight.shape().dims2()?;
+        weight.shape().dims2()?;
         Ok(Self {
-            weight: LinearWeight::Quantized(QMatMul::from_arc(weight)?),
+            weight: LinearWeight::Quantized {
+                matmul: QMatMul::from_arc(weight.clone())?,
+                blocks: weight,
+            },
             bias,
-            in_dim,
-            out_dim,
         })
-    }
-
-    pub(crate) fn in_dim(&self) -> usize {
-        self.in_dim
-    }
-
-    pub(crate) fn out_dim(&self) -> usize {
-        self.out_dim
     }
 
     /// `x: [tokens, in]` → `[tokens, out]`, in `x`'s dtype.
     pub(crate) fn forward(&self, x: &Tensor) -> crate::Result<Tensor> {
         let y = match &self.weight {
             LinearWeight::Dense(w) => x.matmul(&w.t()?)?,
-            LinearWeight::Quantized(q) => {
+            LinearWeight::Quantized { matmul, blocks } => {
                 let dtype = x.dtype();
-                let y = q.forward(&x.to_dtype(DType::F32)?)?;
+                let x = x.to_dtype(DType::F32)?;
+                let y = if x.dim(0)? > DEQUANTIZE_ABOVE_ROWS {
+                    // Prefill: dequantize the blocks once and run an f32 GEMM over all
+                    // rows. Exact with respect to the stored weights (no 8-bit
+                    // activation rounding), as transformers computes GGUF models.
+                    let w = blocks.dequantize(x.device())?;
+                    x.matmul(&w.t()?)?
+                } else if x.device().is_cpu() && super::qdot::supported(blocks.dtype()) {
+                    // Decoding: f32 activations against the blocks, same result.
+                    super::qdot::matmul(blocks, &x)?
+                } else {
+                    matmul.forward(&x)?
+                };
                 y.to_dtype(dtype)?
             }
         };

@@ -10,6 +10,7 @@ mod block;
 mod kv_cache;
 mod linear;
 mod mlp;
+mod qdot;
 mod rope;
 
 use std::sync::Arc;
@@ -184,7 +185,11 @@ impl Llama {
                     head_dim: cfg.head_dim,
                 },
                 post_attention_layernorm: RmsNorm {
-                    weight: ws.dense(&format!("{p}.post_attention_layernorm.weight"), &[h], dtype)?,
+                    weight: ws.dense(
+                        &format!("{p}.post_attention_layernorm.weight"),
+                        &[h],
+                        dtype,
+                    )?,
                     eps: cfg.rms_norm_eps,
                 },
                 mlp: Mlp {

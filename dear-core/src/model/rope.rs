@@ -49,7 +49,11 @@ pub(crate) fn inverse_frequencies(cfg: &RopeConfig, head_dim: usize) -> Vec<f32>
             inv.into_iter()
                 .map(|f| {
                     let wavelen = 2.0 * std::f32::consts::PI / f;
-                    let scaled = if wavelen > low_freq_wavelen { f / factor } else { f };
+                    let scaled = if wavelen > low_freq_wavelen {
+                        f / factor
+                    } else {
+                        f
+                    };
                     let is_medium = wavelen >= high_freq_wavelen && wavelen <= low_freq_wavelen;
                     if is_medium {
                         let smooth = (old_context / wavelen - low_freq_factor)

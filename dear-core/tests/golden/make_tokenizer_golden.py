@@ -21,6 +21,9 @@
 #   tiny_hf/                a Hugging Face tokenizer directory (save_pretrained of tiny_llama_scores)
 #                           plus a generation_config.json with a list of EOS ids
 #   tiny_hf.json            transformers' ids/decodes for tiny_hf/ loaded with AutoTokenizer
+#   tiny_hf_llama2/         a Llama-2-style directory: sentencepiece tokenizer.json with the legacy
+#                           normalizer, tokenizer_class LlamaTokenizerFast (transformers rebuilds it)
+#   tiny_hf_llama2.json     transformers' ids/decodes for it, and for variants of its tokenizer_config
 #   chat_templates.json     chat-template renders (jinja2 through transformers) of many cases
 
 import json
@@ -323,6 +326,55 @@ def make_tiny_hf():
     dump("tiny_hf.json", data)
 
 
+LLAMA2_VARIANTS = {
+    "as_committed": {},
+    "legacy_false": {"legacy": False},
+    "no_prefix_space": {"add_prefix_space": False},
+}
+
+
+def make_tiny_hf_llama2():
+    hf_dir = OUT / "tiny_hf_llama2"
+    if hf_dir.exists():
+        shutil.rmtree(hf_dir)
+    hf_dir.mkdir()
+    tokenizer = json.loads((OUT / "tiny_hf" / "tokenizer.json").read_text(encoding="utf-8"))
+    # The shape of Llama-2's tokenizer.json: the prefix space and the spaces come from a normalizer.
+    tokenizer["normalizer"] = {"type": "Sequence", "normalizers": [
+        {"type": "Prepend", "prepend": "\u2581"},
+        {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"},
+    ]}
+    tokenizer["pre_tokenizer"] = None
+    tokenizer["model"]["unk_token"] = "<unk>"
+    (hf_dir / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    added = {str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in tokenizer["added_tokens"]}
+    config = {
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "added_tokens_decoder": added,
+        "bos_token": "<s>",
+        "chat_template": "{% for m in messages %}{% if m['role'] == 'user' %}{{ bos_token + '[INST] ' + m['content'].strip() + ' [/INST]' }}{% else %}{{ ' ' + m['content'].strip() + ' ' + eos_token }}{% endif %}{% endfor %}",
+        "eos_token": "</s>",
+        "legacy": True,
+        "pad_token": None,
+        "tokenizer_class": "LlamaTokenizerFast",
+        "unk_token": "<unk>",
+    }
+    (hf_dir / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    (hf_dir / "config.json").write_text(json.dumps({"model_type": "llama", "eos_token_id": 2}, indent=1) + "\n")
+    result = {"variants": {}}
+    for name, change in LLAMA2_VARIANTS.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            for file in ["tokenizer.json", "config.json"]:
+                shutil.copy(hf_dir / file, Path(tmp) / file)
+            (Path(tmp) / "tokenizer_config.json").write_text(json.dumps({**config, **change}), encoding="utf-8")
+            tok = AutoTokenizer.from_pretrained(tmp)
+            assert type(tok).__name__ == "LlamaTokenizer", type(tok)
+            result["variants"][name] = {"config_changes": change, **special_facts(tok), "chat_template": tok.chat_template,
+                                        "cases": encode_cases(tok, TINY_TEXTS)}
+    dump("tiny_hf_llama2.json", result)
+
+
 # --- chat templates ----------------------------------------------------------------------------
 
 def render(template, messages, add_generation_prompt, bos_token, eos_token, extra):
@@ -457,6 +509,7 @@ def main():
     smollm2_template = make_smollm2()
     make_tiny_ggufs()
     make_tiny_hf()
+    make_tiny_hf_llama2()
     make_chat_templates(smollm2_template)
 
 
