@@ -147,6 +147,14 @@ impl Tokenizer {
     /// the config's `add_bos_token`/`add_eos_token` are ignored: the `tokenizer.json`
     /// post-processor decides what `encode(.., true)` adds.
     ///
+    /// The `tokenizer.json` is used as it is, except for a sentencepiece-style (not byte-level)
+    /// BPE tokenizer whose config names `LlamaTokenizer(Fast)` and whose `config.json` (if any)
+    /// says `model_type: "llama"` (Llama 2 and its derivatives): `transformers` 5 loads that as
+    /// a `LlamaTokenizer`, keeping the vocabulary, merges and post-processor but replacing the
+    /// normalizer, pre-tokenizer and decoder (`Metaspace`, prepending `▁` to the first piece, or
+    /// to every piece with `legacy: true`, or never with `add_prefix_space: false`), and so does
+    /// this loader.
+    ///
     /// # Errors
     ///
     /// [`Error::Tokenizer`] naming the path when `tokenizer.json` is missing or malformed,

@@ -2,6 +2,7 @@
 
 mod common;
 mod errors;
+mod gguf;
 mod hub;
 mod llama;
 mod smollm2;
