@@ -405,6 +405,23 @@ mod tests {
     }
 
     #[test]
+    fn quantization_falls_back_by_row_length() -> crate::Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let kind = |cols: usize, q: GgmlDType| -> crate::Result<Option<GgmlDType>> {
+            let w = Tensor::randn(0f32, 1.0, (4, cols), &dev)?;
+            Ok(match quantize_matrix("w", &w, q, DType::F32)? {
+                Matrix::Quantized(t) => Some(t.dtype()),
+                Matrix::Dense(_) => None,
+            })
+        };
+        assert_eq!(kind(512, GgmlDType::Q4K)?, Some(GgmlDType::Q4K));
+        assert_eq!(kind(576, GgmlDType::Q4K)?, Some(GgmlDType::Q8_0));
+        assert_eq!(kind(64, GgmlDType::Q8_0)?, Some(GgmlDType::Q8_0));
+        assert_eq!(kind(40, GgmlDType::Q8_0)?, None);
+        Ok(())
+    }
+
+    #[test]
     fn missing_paths_are_named() {
         let err = locate("/definitely/not/here", &HubOptions::default()).err();
         let msg = err.map(|e| e.to_string()).unwrap_or_default();
