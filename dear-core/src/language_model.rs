@@ -4,7 +4,10 @@
 use std::path::PathBuf;
 
 use crate::generate::{generate, GenerateOptions, Generation};
-use crate::loader::{self, LoadOptions, ModelFiles};
+use std::sync::Arc;
+
+use crate::loader::{self, AdapterSpec, LoadOptions, ModelFiles};
+use crate::lora::{self, AdapterMode, LoraAdapter, MergedSource};
 use crate::model::Llama;
 use crate::{ChatMessage, Error, Tokenizer};
 
@@ -54,7 +57,33 @@ impl LanguageModel {
     /// architecture, tensors whose shapes do not fit the config, a missing tokenizer,
     /// a hub id that is not cached while offline.
     pub fn load(spec: &str, options: &LoadOptions) -> crate::Result<Self> {
-        let files = loader::locate(spec, options.hub())?;
+        let mut adapters: Vec<AdapterSpec> = options.adapters().to_vec();
+        let mut base_spec = spec.to_string();
+        // An adapter given as the model: its config names the base (peft's AutoPeftModel).
+        let path = loader::resolve_path(spec, options.hub())?;
+        if path.join("adapter_config.json").is_file() && !path.join("config.json").is_file() {
+            let cfg_path = path.join("adapter_config.json");
+            let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+            let json: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::json(&cfg_path, e))?;
+            base_spec = json
+                .get("base_model_name_or_path")
+                .and_then(|v| v.as_str())
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| {
+                    Error::config(&cfg_path, "base_model_name_or_path", "missing: cannot tell which base model the adapter is for")
+                })?
+                .to_string();
+            adapters.insert(
+                0,
+                AdapterSpec {
+                    source: path.to_string_lossy().into_owned(),
+                    name: None,
+                    mode: AdapterMode::Merged,
+                },
+            );
+        }
+        let files = loader::locate(&base_spec, options.hub())?;
         let opened = loader::open(&files, options)?;
         let device = options.device().open()?;
         let quantized = matches!(files, ModelFiles::Gguf(_))
@@ -66,12 +95,51 @@ impl LanguageModel {
             options.dtype().candle()
         };
         let tokenizer = loader::open_tokenizer(&files)?;
+        let mut weights = opened.weights;
+        let mut unmerged = Vec::new();
+        let mut merged_seen = false;
+        for a in &adapters {
+            let dir = loader::resolve_path(&a.source, options.hub())?;
+            let name = a
+                .name
+                .clone()
+                .unwrap_or_else(|| lora::default_name(&dir, &a.source));
+            let adapter_dtype = match a.mode {
+                AdapterMode::Merged => candle_core::DType::F32,
+                AdapterMode::Unmerged => dtype,
+            };
+            let adapter = LoraAdapter::load(&dir, &name, &opened.config, &device, adapter_dtype)?;
+            warn_on_base_mismatch(&adapter, &base_spec);
+            match a.mode {
+                AdapterMode::Merged => {
+                    if merged_seen {
+                        return Err(Error::InvalidArgument(
+                            "only one adapter can be merged into a model; load the others unmerged".into(),
+                        ));
+                    }
+                    merged_seen = true;
+                    weights = Box::new(MergedSource {
+                        inner: weights,
+                        adapter: Arc::new(adapter),
+                    });
+                }
+                AdapterMode::Unmerged => {
+                    if unmerged.iter().any(|u: &Arc<LoraAdapter>| u.name == name) {
+                        return Err(Error::InvalidArgument(format!(
+                            "two adapters are named '{name}': give them distinct names"
+                        )));
+                    }
+                    unmerged.push(Arc::new(adapter));
+                }
+            }
+        }
         let llama = Llama::load(
-            opened.weights.as_ref(),
+            weights.as_ref(),
             opened.config,
             opened.rope_freq_divisors.as_deref(),
             device,
             dtype,
+            &unmerged,
         )?;
         if tokenizer.vocab_size() > llama.config().vocab_size {
             tracing::warn!(
@@ -174,5 +242,21 @@ impl LanguageModel {
         )?;
         out.pop()
             .ok_or_else(|| Error::InvalidArgument("generation returned nothing".into()))
+    }
+}
+
+/// Adapters name the base they were trained on; a different one is worth a warning
+/// (paths differ between machines, so it is not an error: shapes are checked instead).
+fn warn_on_base_mismatch(adapter: &LoraAdapter, base_spec: &str) {
+    if let Some(declared) = adapter.config.base_model_name_or_path.as_deref() {
+        let tail = |s: &str| s.trim_end_matches('/').rsplit('/').next().unwrap_or("").to_ascii_lowercase();
+        if !declared.is_empty() && tail(declared) != tail(base_spec) {
+            tracing::warn!(
+                adapter = %adapter.name,
+                declared,
+                base = base_spec,
+                "the adapter declares another base model; its shapes fit, so it is applied"
+            );
+        }
     }
 }

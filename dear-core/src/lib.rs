@@ -35,6 +35,7 @@ mod error;
 mod generate;
 mod language_model;
 mod loader;
+mod lora;
 mod model;
 mod tokenizer;
 
@@ -45,8 +46,9 @@ pub use crate::device::Device;
 pub use crate::error::Error;
 pub use crate::generate::{generate, FinishReason, GenerateOptions, Generation, Sampling};
 pub use crate::language_model::{default_model_path, LanguageModel, DEFAULT_MODEL_FILE};
-pub use crate::loader::{HubOptions, LoadOptions, Quantization, WeightDType};
-pub use crate::model::{ForwardOutput, KvCache, Llama, Outputs, Select};
+pub use crate::loader::{AdapterSpec, HubOptions, LoadOptions, Quantization, WeightDType};
+pub use crate::lora::AdapterMode;
+pub use crate::model::{AdapterId, ForwardOptions, ForwardOutput, KvCache, Llama, Outputs, Select};
 pub use crate::tokenizer::Tokenizer;
 
 /// The result type of this crate.

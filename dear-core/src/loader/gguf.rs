@@ -324,6 +324,11 @@ fn is_float(dtype: GgmlDType) -> bool {
 }
 
 impl WeightSource for GgufSource {
+    fn stored_quantization(&self, name: &str) -> Option<GgmlDType> {
+        let info = self.content.tensor_infos.get(&gguf_name(name)?)?;
+        (!is_float(info.ggml_dtype)).then_some(info.ggml_dtype)
+    }
+
     fn contains(&self, name: &str) -> bool {
         gguf_name(name).is_some_and(|g| self.content.tensor_infos.contains_key(&g))
     }

@@ -8,7 +8,7 @@
 
 mod gguf;
 mod hub;
-mod safetensors;
+pub(crate) mod safetensors;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -122,6 +122,18 @@ pub struct LoadOptions {
     dtype: WeightDType,
     quantization: Quantization,
     hub: HubOptions,
+    adapters: Vec<AdapterSpec>,
+}
+
+/// A LoRA adapter to load with a model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdapterSpec {
+    /// Directory or hub id holding `adapter_config.json` + `adapter_model.safetensors`.
+    pub source: String,
+    /// The name calls select it by (unmerged mode). Default: the folder name.
+    pub name: Option<String>,
+    /// Merged into the weights, or applied per call.
+    pub mode: crate::lora::AdapterMode,
 }
 
 impl LoadOptions {
@@ -152,6 +164,40 @@ impl LoadOptions {
     pub fn with_hub(mut self, hub: HubOptions) -> Self {
         self.hub = hub;
         self
+    }
+
+    /// Adds a PEFT LoRA adapter (a directory or a hub id). At most one can be
+    /// [`AdapterMode::Merged`](crate::AdapterMode::Merged); any number unmerged, each
+    /// selected per call by its name (the folder name).
+    #[must_use]
+    pub fn with_adapter(mut self, source: impl Into<String>, mode: crate::lora::AdapterMode) -> Self {
+        self.adapters.push(AdapterSpec {
+            source: source.into(),
+            name: None,
+            mode,
+        });
+        self
+    }
+
+    /// Adds an adapter under an explicit name.
+    #[must_use]
+    pub fn with_named_adapter(
+        mut self,
+        name: impl Into<String>,
+        source: impl Into<String>,
+        mode: crate::lora::AdapterMode,
+    ) -> Self {
+        self.adapters.push(AdapterSpec {
+            source: source.into(),
+            name: Some(name.into()),
+            mode,
+        });
+        self
+    }
+
+    /// The adapters to load.
+    pub fn adapters(&self) -> &[AdapterSpec] {
+        &self.adapters
     }
 
     /// The device.
@@ -191,10 +237,23 @@ pub(crate) enum ModelFiles {
 /// [`Error::ModelNotFound`] when `spec` is neither an existing path nor a hub id;
 /// hub resolution errors otherwise.
 pub(crate) fn locate(spec: &str, hub: &HubOptions) -> crate::Result<ModelFiles> {
+    let path = resolve_path(spec, hub)?;
+    if path.is_dir() {
+        return locate_dir(&path);
+    }
+    Ok(ModelFiles::Gguf(path))
+}
+
+/// A local file or folder for `spec`: an existing path (a `.gguf` file or a folder),
+/// or a hub id resolved to its snapshot folder.
+///
+/// # Errors
+/// [`Error::ModelNotFound`] when `spec` is neither; hub errors.
+pub(crate) fn resolve_path(spec: &str, hub: &HubOptions) -> crate::Result<PathBuf> {
     let path = Path::new(spec);
     if path.is_file() {
         return if has_extension(path, "gguf") {
-            Ok(ModelFiles::Gguf(path.to_path_buf()))
+            Ok(path.to_path_buf())
         } else {
             Err(Error::ModelNotFound {
                 path: path.to_path_buf(),
@@ -203,11 +262,10 @@ pub(crate) fn locate(spec: &str, hub: &HubOptions) -> crate::Result<ModelFiles> 
         };
     }
     if path.is_dir() {
-        return locate_dir(path);
+        return Ok(path.to_path_buf());
     }
     if looks_like_hub_id(spec) {
-        let dir = resolve_hub_model(spec, hub)?;
-        return locate_dir(&dir);
+        return resolve_hub_model(spec, hub);
     }
     Err(Error::ModelNotFound {
         path: path.to_path_buf(),
@@ -285,6 +343,10 @@ pub(crate) trait WeightSource {
     /// A `[rows, cols]` matrix for a linear layer or an embedding, checked against
     /// `shape`; quantized when the source or the options say so, else dense in `dtype`.
     fn matrix(&self, name: &str, shape: (usize, usize), dtype: DType) -> crate::Result<Matrix>;
+
+    /// The block type a matrix is (or will be) held in, `None` when dense: what a
+    /// merged adapter re-quantizes to.
+    fn stored_quantization(&self, name: &str) -> Option<GgmlDType>;
 }
 
 /// Checks a tensor's shape against the config.

@@ -134,6 +134,10 @@ impl SafetensorsSource {
 }
 
 impl WeightSource for SafetensorsSource {
+    fn stored_quantization(&self, _name: &str) -> Option<candle_core::quantized::GgmlDType> {
+        self.quantization.ggml()
+    }
+
     fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)
     }

@@ -25,6 +25,16 @@ pub(crate) struct PackInfo {
     pub(crate) max_len: usize,
 }
 
+/// Per-call settings every layer sees.
+#[derive(Debug, Default)]
+pub(crate) struct LayerContext<'a> {
+    /// The unmerged adapter to apply, if any.
+    pub(crate) adapter: Option<usize>,
+    /// Shared prefixes: `(caches, prefix index of each sequence)`. Sequence `i`
+    /// attends to `caches[of_sequence[i]]` before its own tokens.
+    pub(crate) prefixes: Option<(&'a [KvCache], &'a [usize])>,
+}
+
 #[derive(Debug)]
 pub(crate) struct Attention {
     pub(crate) q_proj: Linear,
@@ -48,26 +58,30 @@ impl Attention {
         pack: &PackInfo,
         caches: &mut [KvCache],
         layer: usize,
+        ctx: &LayerContext,
     ) -> crate::Result<Tensor> {
+        let adapter = ctx.adapter;
         let tokens = x.dim(0)?;
         let q = self
             .q_proj
-            .forward(x)?
+            .forward(x, adapter)?
             .reshape((tokens, self.num_heads, self.head_dim))?;
         let k = self
             .k_proj
-            .forward(x)?
+            .forward(x, adapter)?
             .reshape((tokens, self.num_kv_heads, self.head_dim))?;
         let v = self
             .v_proj
-            .forward(x)?
+            .forward(x, adapter)?
             .reshape((tokens, self.num_kv_heads, self.head_dim))?
             .contiguous()?;
         let q = rope.apply(&q)?;
         let k = rope.apply(&k)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
 
-        let out = if caches.is_empty() {
+        let out = if let Some((prefixes, of_sequence)) = ctx.prefixes {
+            self.attend_with_prefixes(&q, &k, &v, pack, prefixes, of_sequence, layer, scale)?
+        } else if caches.is_empty() {
             if use_fused(&q) {
                 candle_nn::attention::flash_attn_varlen_cpu(
                     &q,
@@ -131,7 +145,71 @@ impl Attention {
             Tensor::cat(&parts, 0)?
         };
         let out = out.reshape((tokens, self.num_heads * self.head_dim))?;
-        self.o_proj.forward(&out)
+        self.o_proj.forward(&out, adapter)
+    }
+
+    /// Every sequence attends to its shared prefix, then causally to itself.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_with_prefixes(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        pack: &PackInfo,
+        prefixes: &[KvCache],
+        of_sequence: &[usize],
+        layer: usize,
+        scale: f64,
+    ) -> crate::Result<Tensor> {
+        let mut ks = Vec::with_capacity(pack.ranges.len() * 2);
+        let mut vs = Vec::with_capacity(pack.ranges.len() * 2);
+        let mut seqlens_k = Vec::with_capacity(pack.ranges.len());
+        for (i, r) in pack.ranges.iter().enumerate() {
+            let n = r.len();
+            let prefix = of_sequence
+                .get(i)
+                .and_then(|p| prefixes.get(*p))
+                .ok_or_else(|| crate::Error::InvalidArgument(format!("sequence {i} has no prefix")))?;
+            let (pk, pv) = prefix.layer(layer)?;
+            seqlens_k.push((pk.dim(0)? + n) as u32);
+            ks.push(pk);
+            vs.push(pv);
+            ks.push(k.narrow(0, r.start, n)?);
+            vs.push(v.narrow(0, r.start, n)?);
+        }
+        let k_all = Tensor::cat(&ks, 0)?;
+        let v_all = Tensor::cat(&vs, 0)?;
+        if use_fused(q) {
+            let max_k = seqlens_k.iter().copied().max().unwrap_or(0) as usize;
+            let seqlens_k = Tensor::new(seqlens_k.as_slice(), &candle_core::Device::Cpu)?;
+            return Ok(candle_nn::attention::flash_attn_varlen_cpu(
+                q,
+                &k_all,
+                &v_all,
+                None,
+                &pack.seqlens,
+                &seqlens_k,
+                pack.max_len,
+                max_k,
+                scale as f32,
+                true,
+                None,
+                None,
+            )?);
+        }
+        let mut parts = Vec::with_capacity(pack.ranges.len());
+        let mut start_k = 0usize;
+        for (r, lk) in pack.ranges.iter().zip(&seqlens_k) {
+            let lk = *lk as usize;
+            parts.push(attend_masked(
+                &q.narrow(0, r.start, r.len())?,
+                &k_all.narrow(0, start_k, lk)?,
+                &v_all.narrow(0, start_k, lk)?,
+                scale,
+            )?);
+            start_k += lk;
+        }
+        Ok(Tensor::cat(&parts, 0)?)
     }
 }
 

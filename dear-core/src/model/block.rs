@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Tensor, D};
 
-use crate::model::attention::{Attention, PackInfo};
+use crate::model::attention::{Attention, LayerContext, PackInfo};
 use crate::model::kv_cache::KvCache;
 use crate::model::mlp::Mlp;
 use crate::model::rope::RopeTables;
@@ -51,12 +51,13 @@ impl Block {
         pack: &PackInfo,
         caches: &mut [KvCache],
         layer: usize,
+        ctx: &LayerContext,
     ) -> crate::Result<Tensor> {
         let h = self.input_layernorm.forward(x)?;
-        let h = self.self_attn.forward(&h, rope, pack, caches, layer)?;
+        let h = self.self_attn.forward(&h, rope, pack, caches, layer, ctx)?;
         let x = (x + h)?;
         let h = self.post_attention_layernorm.forward(&x)?;
-        let h = self.mlp.forward(&h)?;
+        let h = self.mlp.forward(&h, ctx.adapter)?;
         Ok((x + h)?)
     }
 }

@@ -122,6 +122,16 @@ impl KvCache {
         }
     }
 
+    /// Everything stored for a layer: `([len, kv_heads, head_dim], [len, kv_heads, head_dim])`.
+    pub(crate) fn layer(&self, layer: usize) -> crate::Result<(Tensor, Tensor)> {
+        match self.layers.get(layer) {
+            Some(Some((k, v))) => Ok((k.current()?, v.current()?)),
+            _ => Err(crate::Error::InvalidArgument(format!(
+                "the KV cache holds nothing for layer {layer}"
+            ))),
+        }
+    }
+
     /// Records that `n` tokens went through every layer.
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;

@@ -25,11 +25,26 @@ pub(crate) enum LinearWeight {
     },
 }
 
-/// A linear layer: weight plus optional bias.
+/// An unmerged LoRA delta on a linear layer, used when its adapter is selected.
+#[derive(Clone, Debug)]
+pub(crate) struct LoraDelta {
+    /// Index of the adapter in the model's adapter table.
+    pub(crate) adapter: usize,
+    /// `[r, in]`
+    pub(crate) a: Tensor,
+    /// `[out, r]`
+    pub(crate) b: Tensor,
+    pub(crate) scale: f64,
+    /// A bias the adapter trained, replacing the base bias.
+    pub(crate) bias: Option<Tensor>,
+}
+
+/// A linear layer: weight plus optional bias, plus any unmerged LoRA deltas.
 #[derive(Clone, Debug)]
 pub(crate) struct Linear {
     weight: LinearWeight,
     bias: Option<Tensor>,
+    loras: Vec<LoraDelta>,
 }
 
 impl Linear {
@@ -38,6 +53,7 @@ impl Linear {
         Ok(Self {
             weight: LinearWeight::Dense(weight),
             bias,
+            loras: Vec::new(),
         })
     }
 
@@ -49,11 +65,45 @@ impl Linear {
                 blocks: weight,
             },
             bias,
+            loras: Vec::new(),
         })
     }
 
-    /// `x: [tokens, in]` → `[tokens, out]`, in `x`'s dtype.
-    pub(crate) fn forward(&self, x: &Tensor) -> crate::Result<Tensor> {
+    /// The number of output features.
+    pub(crate) fn out_dim(&self) -> usize {
+        match &self.weight {
+            LinearWeight::Dense(w) => w.dims()[0],
+            LinearWeight::Quantized { blocks, .. } => blocks.shape().dims()[0],
+        }
+    }
+
+    /// Adds an unmerged LoRA delta.
+    pub(crate) fn push_lora(&mut self, delta: LoraDelta) {
+        self.loras.push(delta);
+    }
+
+    /// `x: [tokens, in]` → `[tokens, out]`, in `x`'s dtype, with the delta of
+    /// `adapter` when this layer has one: `y = W x + b + scale · B (A x)` (peft's
+    /// `lora.Linear.forward`).
+    pub(crate) fn forward(&self, x: &Tensor, adapter: Option<usize>) -> crate::Result<Tensor> {
+        let delta = adapter.and_then(|id| self.loras.iter().find(|d| d.adapter == id));
+        let y = self.forward_base(x)?;
+        let bias = delta.and_then(|d| d.bias.as_ref()).or(self.bias.as_ref());
+        let y = match bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        match delta {
+            None => Ok(y),
+            Some(d) => {
+                let low = x.matmul(&d.a.t()?)?;
+                let up = low.matmul(&d.b.t()?)?;
+                Ok((y + (up * d.scale)?)?)
+            }
+        }
+    }
+
+    fn forward_base(&self, x: &Tensor) -> crate::Result<Tensor> {
         let y = match &self.weight {
             LinearWeight::Dense(w) => x.matmul(&w.t()?)?,
             LinearWeight::Quantized { matmul, blocks } => {
@@ -74,9 +124,6 @@ impl Linear {
                 y.to_dtype(dtype)?
             }
         };
-        match &self.bias {
-            Some(b) => Ok(y.broadcast_add(b)?),
-            None => Ok(y),
-        }
+        Ok(y)
     }
 }

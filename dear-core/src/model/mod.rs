@@ -21,11 +21,12 @@ use candle_core::{DType, Device, Tensor};
 use crate::batch::Batch;
 use crate::config::ModelConfig;
 use crate::loader::{Matrix, WeightSource};
+use crate::lora::LoraAdapter;
 use crate::Error;
 
-use self::attention::{Attention, PackInfo};
+use self::attention::{Attention, LayerContext, PackInfo};
 use self::block::{Block, RmsNorm};
-use self::linear::Linear;
+use self::linear::{Linear, LoraDelta};
 use self::mlp::Mlp;
 use self::rope::Rope;
 
@@ -56,6 +57,7 @@ pub enum Select {
 pub struct Outputs {
     hidden: Select,
     logits: Select,
+    scores: bool,
 }
 
 impl Outputs {
@@ -64,6 +66,17 @@ impl Outputs {
         Self {
             hidden: Select::None,
             logits: Select::Last,
+            scores: false,
+        }
+    }
+
+    /// The sequence-classification head (`score`) on each sequence's last token, as
+    /// transformers' `LlamaForSequenceClassification` pools it.
+    pub fn last_scores() -> Self {
+        Self {
+            hidden: Select::None,
+            logits: Select::None,
+            scores: true,
         }
     }
 
@@ -73,6 +86,7 @@ impl Outputs {
         Self {
             hidden: Select::Last,
             logits: Select::None,
+            scores: false,
         }
     }
 
@@ -110,6 +124,44 @@ pub struct ForwardOutput {
     /// Logits: `[num_sequences, vocab]` for [`Select::Last`], `[total_tokens, vocab]`
     /// for [`Select::All`]; f32.
     pub logits: Option<Tensor>,
+    /// Classification scores: `[num_sequences, num_labels]`; f32.
+    pub scores: Option<Tensor>,
+}
+
+/// An unmerged adapter loaded on a model, by position in its adapter table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AdapterId(pub(crate) usize);
+
+/// Per-call options of [`Llama::forward_with`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ForwardOptions<'a> {
+    adapter: Option<AdapterId>,
+    prefixes: Option<(&'a [KvCache], &'a [usize])>,
+}
+
+impl<'a> ForwardOptions<'a> {
+    /// Applies an unmerged adapter (its LoRA deltas and its heads). Default: none.
+    #[must_use]
+    pub fn with_adapter(mut self, adapter: Option<AdapterId>) -> Self {
+        self.adapter = adapter;
+        self
+    }
+
+    /// Shared prefixes: sequence `i` of the batch continues `caches[of_sequence[i]]`
+    /// (its positions must start at that cache's length). The caches are read, never
+    /// changed, so one prefix computed once serves any number of sequences.
+    #[must_use]
+    pub fn with_prefixes(mut self, caches: &'a [KvCache], of_sequence: &'a [usize]) -> Self {
+        self.prefixes = Some((caches, of_sequence));
+        self
+    }
+}
+
+#[derive(Debug)]
+struct AdapterSlot {
+    name: String,
+    score: Option<Linear>,
+    lm_head: Option<Linear>,
 }
 
 #[derive(Debug)]
@@ -128,27 +180,51 @@ pub struct Llama {
     layers: Vec<Block>,
     norm: RmsNorm,
     lm_head: Linear,
+    score: Option<Linear>,
+    adapters: Vec<AdapterSlot>,
     rope: Rope,
     device: Device,
     dtype: DType,
 }
 
-fn linear(
-    ws: &dyn WeightSource,
-    prefix: &str,
-    in_dim: usize,
-    out_dim: usize,
-    bias: bool,
-    dtype: DType,
-) -> crate::Result<Linear> {
-    let bias = if bias {
-        Some(ws.dense(&format!("{prefix}.bias"), &[out_dim], dtype)?)
-    } else {
-        None
-    };
-    match ws.matrix(&format!("{prefix}.weight"), (out_dim, in_dim), dtype)? {
+fn matrix_linear(m: Matrix, bias: Option<Tensor>) -> crate::Result<Linear> {
+    match m {
         Matrix::Dense(w) => Linear::dense(w, bias),
         Matrix::Quantized(q) => Linear::quantized(q, bias),
+    }
+}
+
+struct Builder<'a> {
+    ws: &'a dyn WeightSource,
+    adapters: &'a [Arc<LoraAdapter>],
+    dtype: DType,
+}
+
+impl Builder<'_> {
+    fn linear(&self, prefix: &str, in_dim: usize, out_dim: usize, bias: bool) -> crate::Result<Linear> {
+        let dtype = self.dtype;
+        let bias = if bias {
+            Some(self.ws.dense(&format!("{prefix}.bias"), &[out_dim], dtype)?)
+        } else {
+            None
+        };
+        let mut linear =
+            matrix_linear(self.ws.matrix(&format!("{prefix}.weight"), (out_dim, in_dim), dtype)?, bias)?;
+        for (i, adapter) in self.adapters.iter().enumerate() {
+            if let Some(w) = adapter.deltas.get(prefix) {
+                linear.push_lora(LoraDelta {
+                    adapter: i,
+                    a: w.a.to_dtype(dtype)?,
+                    b: w.b.to_dtype(dtype)?,
+                    scale: w.scale,
+                    bias: match adapter.biases.get(&format!("{prefix}.bias")) {
+                        Some(b) => Some(b.to_dtype(dtype)?),
+                        None => None,
+                    },
+                });
+            }
+        }
+        Ok(linear)
     }
 }
 
@@ -160,7 +236,9 @@ impl Llama {
         rope_freq_divisors: Option<&[f32]>,
         device: Device,
         dtype: DType,
+        adapters: &[Arc<LoraAdapter>],
     ) -> crate::Result<Self> {
+        let b = Builder { ws, adapters, dtype };
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let q_dim = cfg.num_heads * cfg.head_dim;
         let kv_dim = cfg.num_kv_heads * cfg.head_dim;
@@ -170,16 +248,19 @@ impl Llama {
             let p = format!("model.layers.{l}");
             let ab = cfg.attention_bias;
             let mb = cfg.mlp_bias;
+            let linear = |name: &str, i: usize, o: usize, bias: bool| {
+                b.linear(&format!("{p}.{name}"), i, o, bias)
+            };
             layers.push(Block {
                 input_layernorm: RmsNorm {
                     weight: ws.dense(&format!("{p}.input_layernorm.weight"), &[h], dtype)?,
                     eps: cfg.rms_norm_eps,
                 },
                 self_attn: Attention {
-                    q_proj: linear(ws, &format!("{p}.self_attn.q_proj"), h, q_dim, ab, dtype)?,
-                    k_proj: linear(ws, &format!("{p}.self_attn.k_proj"), h, kv_dim, ab, dtype)?,
-                    v_proj: linear(ws, &format!("{p}.self_attn.v_proj"), h, kv_dim, ab, dtype)?,
-                    o_proj: linear(ws, &format!("{p}.self_attn.o_proj"), q_dim, h, ab, dtype)?,
+                    q_proj: linear("self_attn.q_proj", h, q_dim, ab)?,
+                    k_proj: linear("self_attn.k_proj", h, kv_dim, ab)?,
+                    v_proj: linear("self_attn.v_proj", h, kv_dim, ab)?,
+                    o_proj: linear("self_attn.o_proj", q_dim, h, ab)?,
                     num_heads: cfg.num_heads,
                     num_kv_heads: cfg.num_kv_heads,
                     head_dim: cfg.head_dim,
@@ -193,9 +274,9 @@ impl Llama {
                     eps: cfg.rms_norm_eps,
                 },
                 mlp: Mlp {
-                    gate_proj: linear(ws, &format!("{p}.mlp.gate_proj"), h, i, mb, dtype)?,
-                    up_proj: linear(ws, &format!("{p}.mlp.up_proj"), h, i, mb, dtype)?,
-                    down_proj: linear(ws, &format!("{p}.mlp.down_proj"), i, h, mb, dtype)?,
+                    gate_proj: linear("mlp.gate_proj", h, i, mb)?,
+                    up_proj: linear("mlp.up_proj", h, i, mb)?,
+                    down_proj: linear("mlp.down_proj", i, h, mb)?,
                 },
             });
         }
@@ -205,7 +286,7 @@ impl Llama {
         };
         let untied = ws.contains("lm_head.weight");
         let lm_head = if untied || !cfg.tie_word_embeddings {
-            linear(ws, "lm_head", h, cfg.vocab_size, false, dtype)?
+            b.linear("lm_head", h, cfg.vocab_size, false)?
         } else {
             match &embed {
                 Matrix::Dense(w) => Linear::dense(w.clone(), None)?,
@@ -217,6 +298,34 @@ impl Llama {
             Matrix::Quantized(q) if h % q.dtype().block_size() == 0 => Embedding::Quantized(q),
             Matrix::Quantized(q) => Embedding::Dense(q.dequantize(&device)?.to_dtype(dtype)?),
         };
+        let score = if ws.contains("score.weight") {
+            let labels = cfg.num_labels.unwrap_or(1);
+            Some(Linear::dense(ws.dense("score.weight", &[labels, h], dtype)?, None)?)
+        } else {
+            None
+        };
+        let mut slots = Vec::with_capacity(adapters.len());
+        for adapter in adapters {
+            for name in adapter.saved.keys() {
+                if name != "score.weight" && name != "lm_head.weight" {
+                    return Err(Error::InvalidArgument(format!(
+                        "adapter '{}' replaces '{name}', which only merged mode supports",
+                        adapter.name
+                    )));
+                }
+            }
+            let head = |name: &str| -> crate::Result<Option<Linear>> {
+                match adapter.saved.get(name) {
+                    Some(t) => Ok(Some(Linear::dense(t.to_dtype(dtype)?, None)?)),
+                    None => Ok(None),
+                }
+            };
+            slots.push(AdapterSlot {
+                name: adapter.name.clone(),
+                score: head("score.weight")?,
+                lm_head: head("lm_head.weight")?,
+            });
+        }
         let rope = Rope::new(&cfg.rope, cfg.head_dim, rope_freq_divisors);
         Ok(Self {
             cfg,
@@ -224,6 +333,8 @@ impl Llama {
             layers,
             norm,
             lm_head,
+            score,
+            adapters: slots,
             rope,
             device,
             dtype,
@@ -243,6 +354,29 @@ impl Llama {
     /// The activation dtype.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The unmerged adapter loaded under `name`.
+    pub fn adapter(&self, name: &str) -> Option<AdapterId> {
+        self.adapters.iter().position(|a| a.name == name).map(AdapterId)
+    }
+
+    /// The names of the unmerged adapters, in [`AdapterId`] order.
+    pub fn adapter_names(&self) -> Vec<&str> {
+        self.adapters.iter().map(|a| a.name.as_str()).collect()
+    }
+
+    /// The number of labels of the classification head a call with `adapter` uses,
+    /// `None` when there is no head.
+    pub fn score_labels(&self, adapter: Option<AdapterId>) -> Option<usize> {
+        self.score_head(adapter).map(|h| h.out_dim())
+    }
+
+    fn score_head(&self, adapter: Option<AdapterId>) -> Option<&Linear> {
+        adapter
+            .and_then(|a| self.adapters.get(a.0))
+            .and_then(|s| s.score.as_ref())
+            .or(self.score.as_ref())
     }
 
     fn check_batch(&self, batch: &Batch, caches: &[KvCache]) -> crate::Result<()> {
@@ -295,7 +429,53 @@ impl Llama {
         caches: &mut [KvCache],
         outputs: Outputs,
     ) -> crate::Result<ForwardOutput> {
+        self.forward_with(batch, caches, outputs, ForwardOptions::default())
+    }
+
+    /// [`Llama::forward`] with an adapter and/or shared prefixes.
+    ///
+    /// # Errors
+    /// As [`Llama::forward`]; also [`Error::InvalidArgument`] for an unknown adapter,
+    /// prefixes combined with caches, or classification scores without a head.
+    pub fn forward_with(
+        &self,
+        batch: &Batch,
+        caches: &mut [KvCache],
+        outputs: Outputs,
+        options: ForwardOptions,
+    ) -> crate::Result<ForwardOutput> {
         self.check_batch(batch, caches)?;
+        if let Some(a) = options.adapter {
+            if a.0 >= self.adapters.len() {
+                return Err(Error::InvalidArgument(format!("no adapter with id {}", a.0)));
+            }
+        }
+        if let Some((prefixes, of_sequence)) = options.prefixes {
+            if !caches.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "shared prefixes and per-sequence caches cannot be combined".into(),
+                ));
+            }
+            if of_sequence.len() != batch.num_sequences()
+                || of_sequence.iter().any(|p| *p >= prefixes.len())
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "{} prefix indices for {} sequences and {} prefixes",
+                    of_sequence.len(),
+                    batch.num_sequences(),
+                    prefixes.len()
+                )));
+            }
+        }
+        if outputs.scores && self.score_head(options.adapter).is_none() {
+            return Err(Error::InvalidArgument(
+                "classification scores asked for, but neither the model nor the adapter has a `score` head".into(),
+            ));
+        }
+        let ctx = LayerContext {
+            adapter: options.adapter.map(|a| a.0),
+            prefixes: options.prefixes,
+        };
         let ids = Tensor::new(batch.input_ids(), &self.device)?;
         let mut x = match &self.embed_tokens {
             Embedding::Dense(w) => w.index_select(&ids, 0)?,
@@ -312,12 +492,18 @@ impl Llama {
             seqlens: Tensor::new(seqlens.as_slice(), &Device::Cpu)?,
         };
         for (l, block) in self.layers.iter().enumerate() {
-            x = block.forward(&x, &tables, &pack, caches, l)?;
+            x = block.forward(&x, &tables, &pack, caches, l, &ctx)?;
         }
         for (i, cache) in caches.iter_mut().enumerate() {
             cache.advance(batch.seq_len(i));
         }
         let want_all = outputs.hidden == Select::All || outputs.logits == Select::All;
+        let adapter = options.adapter.map(|a| a.0);
+        let lm_head = options
+            .adapter
+            .and_then(|a| self.adapters.get(a.0))
+            .and_then(|s| s.lm_head.as_ref())
+            .unwrap_or(&self.lm_head);
         let last_idx = Tensor::new(batch.last_indices().as_slice(), &self.device)?;
         // Only the rows something is wanted for go through the final norm and head.
         let (rows, rows_are_last) = if want_all {
@@ -339,8 +525,15 @@ impl Llama {
             Select::None => None,
             sel => {
                 let src = pick(sel, &normed)?.unwrap_or(normed.clone());
-                Some(self.lm_head.forward(&src)?.to_dtype(DType::F32)?)
+                Some(lm_head.forward(&src, adapter)?.to_dtype(DType::F32)?)
             }
+        };
+        let scores = match (outputs.scores, self.score_head(options.adapter)) {
+            (true, Some(head)) => {
+                let last = pick(Select::Last, &normed)?.unwrap_or(normed.clone());
+                Some(head.forward(&last, None)?.to_dtype(DType::F32)?)
+            }
+            _ => None,
         };
         Ok(ForwardOutput {
             hidden: match hidden {
@@ -348,6 +541,7 @@ impl Llama {
                 None => None,
             },
             logits,
+            scores,
         })
     }
 }
