@@ -132,6 +132,19 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    /// A call's deadline passed before it finished.
+    #[error("deadline exceeded after {elapsed_ms} ms ({what})")]
+    DeadlineExceeded {
+        /// What was running.
+        what: String,
+        /// How long the call had run.
+        elapsed_ms: u128,
+    },
+
+    /// The call was cancelled (its caller stopped waiting, or the scorer shut down).
+    #[error("cancelled")]
+    Cancelled,
+
     /// CUDA was requested, but this build has no CUDA support.
     #[error("CUDA device requested, but dear-core was built without the `cuda` feature")]
     CudaNotCompiled,

@@ -71,7 +71,11 @@ impl LanguageModel {
                 .and_then(|v| v.as_str())
                 .filter(|s| !s.is_empty())
                 .ok_or_else(|| {
-                    Error::config(&cfg_path, "base_model_name_or_path", "missing: cannot tell which base model the adapter is for")
+                    Error::config(
+                        &cfg_path,
+                        "base_model_name_or_path",
+                        "missing: cannot tell which base model the adapter is for",
+                    )
                 })?
                 .to_string();
             adapters.insert(
@@ -114,7 +118,8 @@ impl LanguageModel {
                 AdapterMode::Merged => {
                     if merged_seen {
                         return Err(Error::InvalidArgument(
-                            "only one adapter can be merged into a model; load the others unmerged".into(),
+                            "only one adapter can be merged into a model; load the others unmerged"
+                                .into(),
                         ));
                     }
                     merged_seen = true;
@@ -249,7 +254,13 @@ impl LanguageModel {
 /// (paths differ between machines, so it is not an error: shapes are checked instead).
 fn warn_on_base_mismatch(adapter: &LoraAdapter, base_spec: &str) {
     if let Some(declared) = adapter.config.base_model_name_or_path.as_deref() {
-        let tail = |s: &str| s.trim_end_matches('/').rsplit('/').next().unwrap_or("").to_ascii_lowercase();
+        let tail = |s: &str| {
+            s.trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase()
+        };
         if !declared.is_empty() && tail(declared) != tail(base_spec) {
             tracing::warn!(
                 adapter = %adapter.name,

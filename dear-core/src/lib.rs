@@ -37,6 +37,7 @@ mod language_model;
 mod loader;
 mod lora;
 mod model;
+mod rerank;
 mod tokenizer;
 
 pub use crate::batch::Batch;
@@ -49,6 +50,9 @@ pub use crate::language_model::{default_model_path, LanguageModel, DEFAULT_MODEL
 pub use crate::loader::{AdapterSpec, HubOptions, LoadOptions, Quantization, WeightDType};
 pub use crate::lora::AdapterMode;
 pub use crate::model::{AdapterId, ForwardOptions, ForwardOutput, KvCache, Llama, Outputs, Select};
+pub use crate::rerank::{
+    EncodedQuery, Head, Passage, PointwiseConfig, PointwiseScorer, Query, Reranker,
+};
 pub use crate::tokenizer::Tokenizer;
 
 /// The result type of this crate.

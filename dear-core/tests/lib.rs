@@ -5,5 +5,6 @@ mod errors;
 mod gguf;
 mod hub;
 mod llama;
+mod lora;
 mod smollm2;
 mod tokenizer;

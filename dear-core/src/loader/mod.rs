@@ -170,7 +170,11 @@ impl LoadOptions {
     /// [`AdapterMode::Merged`](crate::AdapterMode::Merged); any number unmerged, each
     /// selected per call by its name (the folder name).
     #[must_use]
-    pub fn with_adapter(mut self, source: impl Into<String>, mode: crate::lora::AdapterMode) -> Self {
+    pub fn with_adapter(
+        mut self,
+        source: impl Into<String>,
+        mode: crate::lora::AdapterMode,
+    ) -> Self {
         self.adapters.push(AdapterSpec {
             source: source.into(),
             name: None,

@@ -99,7 +99,10 @@ impl LoraAdapter {
         }
         if config.fan_in_fan_out {
             // peft resets fan_in_fan_out to False for nn.Linear targets (Llama has no Conv1D).
-            tracing::warn!(adapter = name, "fan_in_fan_out=True is ignored for Linear modules, as peft does");
+            tracing::warn!(
+                adapter = name,
+                "fan_in_fan_out=True is ignored for Linear modules, as peft does"
+            );
         }
         let st = crate::loader::safetensors::mmap(&weights)?;
         let mut a_parts: BTreeMap<String, Tensor> = BTreeMap::new();
@@ -114,7 +117,9 @@ impl LoraAdapter {
             let Some(rest) = key.strip_prefix(PREFIX) else {
                 return Err(Error::corrupt(
                     &weights,
-                    format!("tensor '{key}' does not start with '{PREFIX}' (not a peft adapter file)"),
+                    format!(
+                        "tensor '{key}' does not start with '{PREFIX}' (not a peft adapter file)"
+                    ),
                 ));
             };
             if rest.contains("lora_embedding_") || rest.contains("lora_magnitude") {
@@ -135,18 +140,28 @@ impl LoraAdapter {
         let linears = base_linears(base);
         let mut deltas = BTreeMap::new();
         for (module, a) in a_parts {
-            let b = b_parts.remove(&module).ok_or_else(|| Error::MissingTensor {
-                name: format!("{PREFIX}{module}.lora_B.weight"),
-                path: weights.clone(),
-            })?;
+            let b = b_parts
+                .remove(&module)
+                .ok_or_else(|| Error::MissingTensor {
+                    name: format!("{PREFIX}{module}.lora_B.weight"),
+                    path: weights.clone(),
+                })?;
             let &(in_dim, out_dim) = linears.get(&module).ok_or_else(|| {
                 Error::InvalidArgument(format!(
                     "adapter '{name}' has LoRA weights for module '{module}', which the base model does not have"
                 ))
             })?;
             let r = config.rank(&module);
-            check(&format!("{PREFIX}{module}.lora_A.weight"), &[r, in_dim], a.dims())?;
-            check(&format!("{PREFIX}{module}.lora_B.weight"), &[out_dim, r], b.dims())?;
+            check(
+                &format!("{PREFIX}{module}.lora_A.weight"),
+                &[r, in_dim],
+                a.dims(),
+            )?;
+            check(
+                &format!("{PREFIX}{module}.lora_B.weight"),
+                &[out_dim, r],
+                b.dims(),
+            )?;
             let scale = config.scale(&module);
             deltas.insert(module, LoraWeights { a, b, scale });
         }
@@ -171,11 +186,17 @@ impl LoraAdapter {
             });
         }
         if deltas.is_empty() && saved.is_empty() {
-            return Err(Error::corrupt(&weights, "the adapter holds no LoRA weights"));
+            return Err(Error::corrupt(
+                &weights,
+                "the adapter holds no LoRA weights",
+            ));
         }
         for (tensor, t) in &saved {
             let expected: Option<Vec<usize>> = match tensor.as_str() {
-                "score.weight" => Some(vec![t.dims().first().copied().unwrap_or(0), base.hidden_size]),
+                "score.weight" => Some(vec![
+                    t.dims().first().copied().unwrap_or(0),
+                    base.hidden_size,
+                ]),
                 "lm_head.weight" | "model.embed_tokens.weight" => {
                     Some(vec![base.vocab_size, base.hidden_size])
                 }
@@ -207,10 +228,10 @@ impl LoraAdapter {
 }
 
 fn is_saved(config: &AdapterConfig, tensor: &str) -> bool {
-    config
-        .modules_to_save
-        .as_ref()
-        .is_some_and(|m| m.iter().any(|s| tensor.starts_with(&format!("{s}.")) || tensor.contains(&format!(".{s}."))))
+    config.modules_to_save.as_ref().is_some_and(|m| {
+        m.iter()
+            .any(|s| tensor.starts_with(&format!("{s}.")) || tensor.contains(&format!(".{s}.")))
+    })
 }
 
 fn check(name: &str, expected: &[usize], actual: &[usize]) -> crate::Result<()> {

@@ -66,18 +66,30 @@ impl AdapterConfig {
         let cfg: AdapterConfig = serde_json::from_str(&text).map_err(|e| Error::json(path, e))?;
         if let Some(t) = &cfg.peft_type {
             if t != "LORA" {
-                return Err(Error::config(path, "peft_type", format!("only LORA adapters are supported, got {t:?}")));
+                return Err(Error::config(
+                    path,
+                    "peft_type",
+                    format!("only LORA adapters are supported, got {t:?}"),
+                ));
             }
         }
         if cfg.use_dora {
-            return Err(Error::config(path, "use_dora", "DoRA adapters are not supported"));
+            return Err(Error::config(
+                path,
+                "use_dora",
+                "DoRA adapters are not supported",
+            ));
         }
         if cfg.r == 0 {
             return Err(Error::config(path, "r", "must be greater than 0"));
         }
         if let Some(bias) = &cfg.bias {
             if !matches!(bias.as_str(), "none" | "all" | "lora_only") {
-                return Err(Error::config(path, "bias", format!("unknown value {bias:?}")));
+                return Err(Error::config(
+                    path,
+                    "bias",
+                    format!("unknown value {bias:?}"),
+                ));
             }
         }
         if let Some(TargetModules::Regex(re)) = &cfg.target_modules {
@@ -168,7 +180,9 @@ mod tests {
         let re = cfg(r#"{"r": 4, "lora_alpha": 8, "target_modules": ".*\\.(q_proj|down_proj)$"}"#);
         assert!(re.targets("model.layers.0.mlp.down_proj"));
         assert!(!re.targets("model.layers.0.mlp.up_proj"));
-        let layers = cfg(r#"{"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "layers_to_transform": [1]}"#);
+        let layers = cfg(
+            r#"{"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "layers_to_transform": [1]}"#,
+        );
         assert!(layers.targets("model.layers.1.self_attn.q_proj"));
         assert!(!layers.targets("model.layers.0.self_attn.q_proj"));
     }
@@ -179,7 +193,9 @@ mod tests {
         assert_eq!(plain.scale("x"), 2.0);
         let rs = cfg(r#"{"r": 16, "lora_alpha": 8, "use_rslora": true}"#);
         assert_eq!(rs.scale("x"), 2.0);
-        let pat = cfg(r#"{"r": 8, "lora_alpha": 16, "rank_pattern": {"q_proj": 4}, "alpha_pattern": {"q_proj": 32}}"#);
+        let pat = cfg(
+            r#"{"r": 8, "lora_alpha": 16, "rank_pattern": {"q_proj": 4}, "alpha_pattern": {"q_proj": 32}}"#,
+        );
         assert_eq!(pat.scale("model.layers.0.self_attn.q_proj"), 8.0);
         assert_eq!(pat.rank("model.layers.0.self_attn.q_proj"), 4);
         assert_eq!(pat.scale("model.layers.0.self_attn.v_proj"), 2.0);

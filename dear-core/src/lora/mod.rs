@@ -44,7 +44,12 @@ impl WeightSource for MergedSource {
     }
 
     fn dense(&self, name: &str, shape: &[usize], dtype: DType) -> crate::Result<Tensor> {
-        if let Some(t) = self.adapter.saved.get(name).or_else(|| self.adapter.biases.get(name)) {
+        if let Some(t) = self
+            .adapter
+            .saved
+            .get(name)
+            .or_else(|| self.adapter.biases.get(name))
+        {
             crate::loader::check_shape(name, shape, t.dims())?;
             return Ok(t.to_dtype(dtype)?);
         }

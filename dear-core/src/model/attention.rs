@@ -62,14 +62,14 @@ impl Attention {
     ) -> crate::Result<Tensor> {
         let adapter = ctx.adapter;
         let tokens = x.dim(0)?;
-        let q = self
-            .q_proj
-            .forward(x, adapter)?
-            .reshape((tokens, self.num_heads, self.head_dim))?;
-        let k = self
-            .k_proj
-            .forward(x, adapter)?
-            .reshape((tokens, self.num_kv_heads, self.head_dim))?;
+        let q =
+            self.q_proj
+                .forward(x, adapter)?
+                .reshape((tokens, self.num_heads, self.head_dim))?;
+        let k =
+            self.k_proj
+                .forward(x, adapter)?
+                .reshape((tokens, self.num_kv_heads, self.head_dim))?;
         let v = self
             .v_proj
             .forward(x, adapter)?
@@ -169,7 +169,9 @@ impl Attention {
             let prefix = of_sequence
                 .get(i)
                 .and_then(|p| prefixes.get(*p))
-                .ok_or_else(|| crate::Error::InvalidArgument(format!("sequence {i} has no prefix")))?;
+                .ok_or_else(|| {
+                    crate::Error::InvalidArgument(format!("sequence {i} has no prefix"))
+                })?;
             let (pk, pv) = prefix.layer(layer)?;
             seqlens_k.push((pk.dim(0)? + n) as u32);
             ks.push(pk);

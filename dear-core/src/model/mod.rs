@@ -201,15 +201,27 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    fn linear(&self, prefix: &str, in_dim: usize, out_dim: usize, bias: bool) -> crate::Result<Linear> {
+    fn linear(
+        &self,
+        prefix: &str,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+    ) -> crate::Result<Linear> {
         let dtype = self.dtype;
         let bias = if bias {
-            Some(self.ws.dense(&format!("{prefix}.bias"), &[out_dim], dtype)?)
+            Some(
+                self.ws
+                    .dense(&format!("{prefix}.bias"), &[out_dim], dtype)?,
+            )
         } else {
             None
         };
-        let mut linear =
-            matrix_linear(self.ws.matrix(&format!("{prefix}.weight"), (out_dim, in_dim), dtype)?, bias)?;
+        let mut linear = matrix_linear(
+            self.ws
+                .matrix(&format!("{prefix}.weight"), (out_dim, in_dim), dtype)?,
+            bias,
+        )?;
         for (i, adapter) in self.adapters.iter().enumerate() {
             if let Some(w) = adapter.deltas.get(prefix) {
                 linear.push_lora(LoraDelta {
@@ -238,7 +250,11 @@ impl Llama {
         dtype: DType,
         adapters: &[Arc<LoraAdapter>],
     ) -> crate::Result<Self> {
-        let b = Builder { ws, adapters, dtype };
+        let b = Builder {
+            ws,
+            adapters,
+            dtype,
+        };
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let q_dim = cfg.num_heads * cfg.head_dim;
         let kv_dim = cfg.num_kv_heads * cfg.head_dim;
@@ -300,7 +316,10 @@ impl Llama {
         };
         let score = if ws.contains("score.weight") {
             let labels = cfg.num_labels.unwrap_or(1);
-            Some(Linear::dense(ws.dense("score.weight", &[labels, h], dtype)?, None)?)
+            Some(Linear::dense(
+                ws.dense("score.weight", &[labels, h], dtype)?,
+                None,
+            )?)
         } else {
             None
         };
@@ -358,7 +377,10 @@ impl Llama {
 
     /// The unmerged adapter loaded under `name`.
     pub fn adapter(&self, name: &str) -> Option<AdapterId> {
-        self.adapters.iter().position(|a| a.name == name).map(AdapterId)
+        self.adapters
+            .iter()
+            .position(|a| a.name == name)
+            .map(AdapterId)
     }
 
     /// The names of the unmerged adapters, in [`AdapterId`] order.
@@ -447,7 +469,10 @@ impl Llama {
         self.check_batch(batch, caches)?;
         if let Some(a) = options.adapter {
             if a.0 >= self.adapters.len() {
-                return Err(Error::InvalidArgument(format!("no adapter with id {}", a.0)));
+                return Err(Error::InvalidArgument(format!(
+                    "no adapter with id {}",
+                    a.0
+                )));
             }
         }
         if let Some((prefixes, of_sequence)) = options.prefixes {

@@ -403,6 +403,17 @@ def check_scores(model, name: str, cases: list[dict]) -> torch.Tensor:
     return s
 
 
+def check_pad0_pools_last_position(seqcls_model, cases: list[dict], s0: torch.Tensor) -> None:
+    """With config.pad_token_id = 0 and eos padding, the pooled token must be position 227."""
+    ids = torch.tensor([c["_padded"]["input_ids"] for c in cases], dtype=torch.long)
+    mask = torch.tensor([c["_padded"]["attention_mask"] for c in cases], dtype=torch.long)
+    with torch.no_grad():
+        h = seqcls_model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        want = (h[:, MAX_LEN - 1] @ seqcls_model.score.weight.T)[:, 0]
+    d = float((want - s0).abs().max())
+    assert d < 1e-5, d
+
+
 def save_adapter(pm, out: Path, spec: dict) -> None:
     if out.exists():
         shutil.rmtree(out)
@@ -518,6 +529,7 @@ def build_seqcls_adapter(name: str, spec: dict, dear: dict) -> tuple[dict, dict]
         "unmerged": score_batch(rl_p0, [c["_padded"] for c in cases]),
         "merged": score_batch(merged, [c["_padded"] for c in cases]),
     }
+    check_pad0_pools_last_position(merged, cases, pad0["merged"])
 
     keys = safetensors_keys(out / "adapter_model.safetensors")
     saved_cfg = json.loads((out / "adapter_config.json").read_text())
@@ -563,8 +575,28 @@ def build_full_seqcls(dear: dict) -> tuple[torch.Tensor, torch.Tensor]:
     ref = AutoModelForSequenceClassification.from_pretrained(out, dtype=torch.float32, attn_implementation="eager").eval()
     assert ref.config.num_labels == 1 and ref.config.pad_token_id == EOS_ID
     s = check_scores(ref, "base_full", dear["cases"])
+    # independent float64 numpy forward (make_golden.numpy_forward: reads only config.json +
+    # safetensors; positions go past max_position_embeddings = 128, RoPE is computed on the fly)
+    sys.dont_write_bytecode = True  # no __pycache__ next to the fixtures
+    sys.path.insert(0, str(ROOT))
+    from make_golden import numpy_forward
+
+    score_w = load_safetensors(out / "model.safetensors")["score.weight"].double().numpy()
+    np_scores = np.array([float((score_w @ numpy_forward(out, c["input_ids"])[1])[0]) for c in dear["cases"]])
+    d_np = float(np.abs(np_scores - s.double().numpy()).max())
+    assert d_np < 2e-5, d_np
+    print(f"  base_full: float64 numpy forward max|diff| {d_np:.2e}")
+    # max_position_embeddings (128, inherited from tiny-gqa) is smaller than the longest input (226):
+    # transformers computes default RoPE on the fly and ignores it; raising it changes nothing.
+    assert max(c["length"] for c in dear["cases"]) > cj["max_position_embeddings"]
+    big = AutoModelForSequenceClassification.from_pretrained(
+        out, dtype=torch.float32, attn_implementation="eager", max_position_embeddings=256
+    ).eval()
+    assert big.config.max_position_embeddings == 256
+    assert torch.equal(score_batch(big, [c["_padded"] for c in dear["cases"]]), s)
     ref.config.pad_token_id = 0
     s0 = score_batch(ref, [c["_padded"] for c in dear["cases"]])
+    check_pad0_pools_last_position(ref, dear["cases"], s0)
     return s, s0
 
 
@@ -743,7 +775,11 @@ def main() -> None:
             "alone, unpadded, agrees within 1e-5 (asserted). base_full = lora/tiny-seqcls; seqcls_X_unmerged = "
             "PeftModel.from_pretrained(AutoModelForSequenceClassification(tiny-gqa, num_labels=1), lora/seqcls-X); "
             "seqcls_X_merged = its merge_and_unload(). An independent merge W + scaling * B @ A straight from the "
-            "safetensors agrees with merged within 1e-4 (asserted; in practice ~1e-6)."
+            "safetensors agrees with merged within 1e-4 (asserted; in practice ~1e-6). NOTE: the longest inputs "
+            "(208, 226 tokens) exceed max_position_embeddings = 128 of tiny-gqa / tiny-seqcls; transformers "
+            "computes default RoPE for any position and ignores that field (loading with "
+            "max_position_embeddings=256 gives bit-identical scores, asserted; a float64 numpy forward agrees "
+            "within 2e-5), so a consumer that enforces the limit must raise it to >= 228 for these fixtures."
         ),
         "scores_config_pad_token_id_0": {k: f32_list(v) for k, v in scores0.items()},
         "scores_config_pad_token_id_0_note": (

@@ -1,0 +1,469 @@
+//! DeAR's pointwise stage: score each (query, passage) pair independently.
+//!
+//! Two heads:
+//! - [`Head::Classifier`], DeAR's own: a `LlamaForSequenceClassification` `score` head
+//!   (from a full checkpoint or an adapter's `modules_to_save`) on the last token of
+//!   `[bos] + enc("query: " + q)[:32] + [bos] + enc("document: " + title + " " + text)[:193]`
+//!   (DeAR's `data.py`: `RerankerInferencePreProcessor` + `prepare_for_model`, whose
+//!   `only_second` truncation keeps the pair within `32 + 196 - 2` tokens, so a full
+//!   query trims one more passage token). The raw logit is the score, as DeAR
+//!   reports it.
+//! - [`Head::YesNo`], for instruction-tuned causal LMs with no head: the query and the
+//!   passage in a chat prompt asking whether the passage answers the query;
+//!   score = logit("yes") − logit("no") at the answer position.
+//!
+//! Every input is a shared prefix (what depends on the query only) followed by a
+//! per-passage suffix. The prefix is computed once per query and its keys/values are
+//! reused by every passage; passages are sorted by length and packed into batches
+//! under a token budget.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::batch::Batch;
+use crate::model::{AdapterId, ForwardOptions, KvCache, Outputs};
+use crate::rerank::types::{Passage, Query};
+use crate::{ChatMessage, Error, LanguageModel};
+
+/// Where the prompt of [`Head::YesNo`] puts the passage.
+const PASSAGE_MARKER: &str = "\u{1}PASSAGE\u{1}";
+
+/// How relevance is read off the model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Head {
+    /// DeAR: the `score` head of `LlamaForSequenceClassification` on the last token.
+    Classifier,
+    /// `logit(yes) − logit(no)` after a chat prompt (instruction-tuned causal LMs).
+    YesNo {
+        /// The user message; `{query}` and `{passage}` are replaced. `{passage}` must
+        /// come after `{query}` and start a line, so the query part is a shared prefix.
+        prompt: String,
+        /// An optional system message (otherwise the template's default).
+        #[serde(default)]
+        system: Option<String>,
+        /// The "relevant" answer token.
+        yes: String,
+        /// The "not relevant" answer token.
+        no: String,
+    },
+}
+
+impl Head {
+    /// The yes/no prompt that ranked best on the development collections (see
+    /// BENCHMARKS.md).
+    pub fn default_yes_no() -> Self {
+        Head::YesNo {
+            prompt: "Query: {query}\nPassage:\n{passage}\n\nDoes the passage answer the query? Answer yes or no."
+                .to_string(),
+            system: None,
+            yes: "yes".to_string(),
+            no: "no".to_string(),
+        }
+    }
+}
+
+/// Settings of the pointwise scorer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PointwiseConfig {
+    /// How scores are read.
+    pub head: Head,
+    /// Query tokens kept (DeAR: 32).
+    #[serde(default = "default_q_max_len")]
+    pub q_max_len: usize,
+    /// Passage budget (DeAR: 196, of which 193 tokens of passage).
+    #[serde(default = "default_p_max_len")]
+    pub p_max_len: usize,
+    /// Most tokens in one packed batch.
+    #[serde(default = "default_max_batch_tokens")]
+    pub max_batch_tokens: usize,
+    /// Compute the query prefix once and reuse its keys/values for every passage.
+    #[serde(default = "default_true")]
+    pub share_prefix: bool,
+}
+
+fn default_q_max_len() -> usize {
+    32
+}
+fn default_p_max_len() -> usize {
+    196
+}
+fn default_max_batch_tokens() -> usize {
+    4096
+}
+fn default_true() -> bool {
+    true
+}
+
+impl PointwiseConfig {
+    /// DeAR's classifier input (q 32, p 196).
+    pub fn classifier() -> Self {
+        Self {
+            head: Head::Classifier,
+            q_max_len: 32,
+            p_max_len: 196,
+            max_batch_tokens: 4096,
+            share_prefix: true,
+        }
+    }
+
+    /// The yes/no head with the default prompt.
+    pub fn yes_no() -> Self {
+        Self {
+            head: Head::default_yes_no(),
+            ..Self::classifier()
+        }
+    }
+}
+
+/// One query's model input: a shared prefix and one suffix per passage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedQuery {
+    /// Tokens every passage's input starts with.
+    pub prefix: Vec<u32>,
+    /// Each passage's own tokens, in input order.
+    pub suffixes: Vec<Vec<u32>>,
+}
+
+impl EncodedQuery {
+    /// The full input of passage `i` (prefix then suffix).
+    pub fn full(&self, i: usize) -> Vec<u32> {
+        let mut v = self.prefix.clone();
+        v.extend_from_slice(&self.suffixes[i]);
+        v
+    }
+}
+
+/// Scores passages against a query with one model (and optionally one adapter).
+#[derive(Debug, Clone)]
+pub struct PointwiseScorer {
+    lm: Arc<LanguageModel>,
+    adapter: Option<AdapterId>,
+    config: PointwiseConfig,
+    yes_no: Option<(u32, u32)>,
+    bos: Option<u32>,
+}
+
+impl PointwiseScorer {
+    /// A scorer over `lm`, using the unmerged adapter named `adapter` if given.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an unknown adapter, a classifier head the model
+    /// lacks, or yes/no answers that are not single tokens; [`Error::ChatTemplate`]
+    /// when the yes/no head has no chat template to use.
+    pub fn new(
+        lm: Arc<LanguageModel>,
+        adapter: Option<&str>,
+        config: PointwiseConfig,
+    ) -> crate::Result<Self> {
+        let adapter = match adapter {
+            None => None,
+            Some(name) => Some(lm.llama().adapter(name).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "no unmerged adapter named '{name}' (loaded: {:?})",
+                    lm.llama().adapter_names()
+                ))
+            })?),
+        };
+        if config.q_max_len == 0 || config.p_max_len < 4 || config.max_batch_tokens == 0 {
+            return Err(Error::InvalidArgument(
+                "q_max_len must be > 0, p_max_len >= 4 and max_batch_tokens > 0".into(),
+            ));
+        }
+        let bos = lm
+            .tokenizer()
+            .bos_token_id()
+            .or(lm.llama().config().bos_token_id);
+        let yes_no = match &config.head {
+            Head::Classifier => {
+                if lm.llama().score_labels(adapter).is_none() {
+                    return Err(Error::InvalidArgument(format!(
+                        "the model '{}' has no `score` head (not a sequence-classification checkpoint or adapter); use the yes/no head",
+                        lm.source()
+                    )));
+                }
+                if bos.is_none() {
+                    return Err(Error::InvalidArgument(
+                        "DeAR's input needs a bos token and the tokenizer has none".into(),
+                    ));
+                }
+                None
+            }
+            Head::YesNo {
+                prompt, yes, no, ..
+            } => {
+                if lm.tokenizer().chat_template().is_none() {
+                    return Err(Error::ChatTemplate(format!(
+                        "the yes/no head needs a chat template and '{}' has none",
+                        lm.source()
+                    )));
+                }
+                let q = prompt.find("{query}");
+                let p = prompt.find("{passage}");
+                if !matches!((q, p), (Some(q), Some(p)) if q < p) {
+                    return Err(Error::InvalidArgument(
+                        "the yes/no prompt must contain {query} before {passage}".into(),
+                    ));
+                }
+                let single = |word: &str| -> crate::Result<u32> {
+                    match lm.tokenizer().encode(word, false)?.as_slice() {
+                        [id] => Ok(*id),
+                        other => Err(Error::InvalidArgument(format!(
+                            "the answer {word:?} is {} tokens, not one",
+                            other.len()
+                        ))),
+                    }
+                };
+                Some((single(yes)?, single(no)?))
+            }
+        };
+        Ok(Self {
+            lm,
+            adapter,
+            config,
+            yes_no,
+            bos,
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Arc<LanguageModel> {
+        &self.lm
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &PointwiseConfig {
+        &self.config
+    }
+
+    /// Builds the model input of a query and its passages.
+    ///
+    /// # Errors
+    /// [`Error::EmptyInput`] for an empty query; tokenizer and template errors.
+    pub fn encode(&self, query: &Query, passages: &[Passage]) -> crate::Result<EncodedQuery> {
+        let q = query.text.trim();
+        if q.is_empty() {
+            return Err(Error::EmptyInput("the query is empty".into()));
+        }
+        let tok = self.lm.tokenizer();
+        // Cutting very long texts before tokenizing changes none of the first tokens
+        // kept (no token covers 64 characters) and keeps a 1 MB passage cheap.
+        let cut = |s: &str, tokens: usize| -> String {
+            let limit = tokens.saturating_mul(64);
+            match s.char_indices().nth(limit) {
+                Some((i, _)) => s[..i].to_string(),
+                None => s.to_string(),
+            }
+        };
+        match &self.config.head {
+            Head::Classifier => {
+                let bos = self
+                    .bos
+                    .ok_or_else(|| Error::InvalidArgument("no bos token".into()))?;
+                let mut qids = tok.encode(
+                    &cut(&format!("query: {}", query.text), self.config.q_max_len),
+                    false,
+                )?;
+                qids.truncate(self.config.q_max_len);
+                let mut prefix = vec![bos];
+                prefix.extend(qids);
+                let keep = self.config.p_max_len - 3;
+                let suffixes = passages
+                    .iter()
+                    .map(|p| {
+                        let text =
+                            format!("document: {} {}", p.title.as_deref().unwrap_or(""), p.text);
+                        let mut ids = tok.encode(&cut(&text, keep), false)?;
+                        ids.truncate(keep);
+                        // `prepare_for_model(.., truncation="only_second", max_length=q+p)`
+                        // reserves room for the two special tokens a pair would get, so
+                        // the pair is cut to q + p - 2 tokens from the passage's end.
+                        let budget = (self.config.q_max_len + self.config.p_max_len)
+                            .saturating_sub(2)
+                            .saturating_sub(prefix.len() + 1);
+                        ids.truncate(budget);
+                        let mut s = vec![bos];
+                        s.extend(ids);
+                        Ok(s)
+                    })
+                    .collect::<crate::Result<Vec<_>>>()?;
+                Ok(EncodedQuery { prefix, suffixes })
+            }
+            Head::YesNo { prompt, system, .. } => {
+                let template = self
+                    .lm
+                    .tokenizer()
+                    .chat_template()
+                    .ok_or_else(|| Error::ChatTemplate("no chat template".into()))?;
+                let mut qids = tok.encode(&cut(q, self.config.q_max_len), false)?;
+                qids.truncate(self.config.q_max_len);
+                let query_text = tok.decode(&qids, true)?;
+                let user = prompt
+                    .replace("{query}", &query_text)
+                    .replace("{passage}", PASSAGE_MARKER);
+                let mut messages = Vec::new();
+                if let Some(s) = system {
+                    messages.push(ChatMessage::system(s.clone()));
+                }
+                messages.push(ChatMessage::user(user));
+                let rendered = template.render(&messages, true)?;
+                let (before, after) = rendered.split_once(PASSAGE_MARKER).ok_or_else(|| {
+                    Error::ChatTemplate("the chat template dropped the passage".into())
+                })?;
+                let prefix = tok.encode(before, false)?;
+                let tail = tok.encode(after, false)?;
+                let keep = self.config.p_max_len;
+                let suffixes = passages
+                    .iter()
+                    .map(|p| {
+                        let text = match p.title.as_deref() {
+                            Some(t) if !t.is_empty() => format!("{t}\n{}", p.text),
+                            _ => p.text.clone(),
+                        };
+                        let mut ids = tok.encode(&cut(&text, keep), false)?;
+                        ids.truncate(keep);
+                        ids.extend_from_slice(&tail);
+                        Ok(ids)
+                    })
+                    .collect::<crate::Result<Vec<_>>>()?;
+                Ok(EncodedQuery { prefix, suffixes })
+            }
+        }
+    }
+
+    /// Scores the passages of one query, in input order (no scheduler).
+    ///
+    /// # Errors
+    /// See [`PointwiseScorer::encode`]; model errors.
+    pub fn score(&self, query: &Query, passages: &[Passage]) -> crate::Result<Vec<f32>> {
+        if passages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let enc = self.encode(query, passages)?;
+        let mut out = self.score_encoded(&[&enc], &mut || false)?;
+        out.pop()
+            .ok_or_else(|| Error::InvalidArgument("no scores".into()))
+    }
+
+    /// Scores several encoded queries together: all their passages are packed into
+    /// shared batches. `cancelled` is polled between batches.
+    pub(crate) fn score_encoded(
+        &self,
+        queries: &[&EncodedQuery],
+        cancelled: &mut dyn FnMut() -> bool,
+    ) -> crate::Result<Vec<Vec<f32>>> {
+        let mut out: Vec<Vec<f32>> = queries
+            .iter()
+            .map(|q| vec![f32::NAN; q.suffixes.len()])
+            .collect();
+        // (query, passage, length) sorted by length, so batches hold similar lengths.
+        let mut items: Vec<(usize, usize, usize)> = queries
+            .iter()
+            .enumerate()
+            .flat_map(|(qi, q)| {
+                q.suffixes.iter().enumerate().map(move |(pi, s)| {
+                    (
+                        qi,
+                        pi,
+                        s.len()
+                            + if self.config.share_prefix {
+                                0
+                            } else {
+                                q.prefix.len()
+                            },
+                    )
+                })
+            })
+            .collect();
+        items.sort_by_key(|&(_, _, len)| len);
+        let prefixes: Vec<KvCache> = if self.config.share_prefix {
+            queries
+                .iter()
+                .map(|q| self.prefix_cache(&q.prefix))
+                .collect::<crate::Result<_>>()?
+        } else {
+            Vec::new()
+        };
+        let mut start = 0;
+        while start < items.len() {
+            if cancelled() {
+                return Err(Error::Cancelled);
+            }
+            let mut end = start;
+            let mut tokens = 0;
+            while end < items.len()
+                && (end == start || tokens + items[end].2 <= self.config.max_batch_tokens)
+            {
+                tokens += items[end].2;
+                end += 1;
+            }
+            let chunk = &items[start..end];
+            let scores = self.run_batch(queries, &prefixes, chunk)?;
+            for (&(qi, pi, _), s) in chunk.iter().zip(scores) {
+                out[qi][pi] = s;
+            }
+            start = end;
+        }
+        Ok(out)
+    }
+
+    fn prefix_cache(&self, prefix: &[u32]) -> crate::Result<KvCache> {
+        let mut cache = KvCache::new();
+        let batch = Batch::from_sequences(&[prefix])?;
+        self.lm.llama().forward_with(
+            &batch,
+            std::slice::from_mut(&mut cache),
+            Outputs::default(),
+            ForwardOptions::default().with_adapter(self.adapter),
+        )?;
+        Ok(cache)
+    }
+
+    fn run_batch(
+        &self,
+        queries: &[&EncodedQuery],
+        prefixes: &[KvCache],
+        chunk: &[(usize, usize, usize)],
+    ) -> crate::Result<Vec<f32>> {
+        let mut batch = Batch::new();
+        let mut of_sequence = Vec::with_capacity(chunk.len());
+        for &(qi, pi, _) in chunk {
+            let q = queries[qi];
+            if self.config.share_prefix {
+                batch.push(&q.suffixes[pi], q.prefix.len())?;
+                of_sequence.push(qi);
+            } else {
+                batch.push(&q.full(pi), 0)?;
+            }
+        }
+        let mut options = ForwardOptions::default().with_adapter(self.adapter);
+        if self.config.share_prefix {
+            options = options.with_prefixes(prefixes, &of_sequence);
+        }
+        let outputs = match self.yes_no {
+            None => Outputs::last_scores(),
+            Some(_) => Outputs::last_logits(),
+        };
+        let out = self
+            .lm
+            .llama()
+            .forward_with(&batch, &mut [], outputs, options)?;
+        match self.yes_no {
+            None => {
+                let s = out
+                    .scores
+                    .ok_or_else(|| Error::InvalidArgument("no scores".into()))?;
+                Ok(s.narrow(1, 0, 1)?.flatten_all()?.to_vec1::<f32>()?)
+            }
+            Some((yes, no)) => {
+                let l = out
+                    .logits
+                    .ok_or_else(|| Error::InvalidArgument("no logits".into()))?;
+                let y = l.narrow(1, yes as usize, 1)?;
+                let n = l.narrow(1, no as usize, 1)?;
+                Ok((y - n)?.flatten_all()?.to_vec1::<f32>()?)
+            }
+        }
+    }
+}
