@@ -38,9 +38,10 @@ fn base_copy(from: &Path) -> tempfile::TempDir {
     dir
 }
 
-fn cases(
-    exp: &serde_json::Value,
-) -> (Vec<Query>, Vec<Passage>, Vec<(usize, usize)>, Vec<Vec<u32>>) {
+/// Queries, passages, the (query, passage) pair of each case, and each case's input ids.
+type Cases = (Vec<Query>, Vec<Passage>, Vec<(usize, usize)>, Vec<Vec<u32>>);
+
+fn cases(exp: &serde_json::Value) -> Cases {
     let d = &exp["dear_inputs"];
     let queries: Vec<Query> = d["queries"]
         .as_array()
