@@ -51,7 +51,7 @@ pub use crate::loader::{AdapterSpec, HubOptions, LoadOptions, Quantization, Weig
 pub use crate::lora::AdapterMode;
 pub use crate::model::{AdapterId, ForwardOptions, ForwardOutput, KvCache, Llama, Outputs, Select};
 pub use crate::rerank::{
-    EncodedQuery, Head, Passage, PointwiseConfig, PointwiseScorer, Query, Reranker,
+    EncodedQuery, Head, Passage, PointwiseConfig, PointwiseScorer, Query, Recipe, Reranker,
 };
 pub use crate::tokenizer::Tokenizer;
 

@@ -1,14 +1,17 @@
 //! The `dear` command line: parse flags, call the library, print.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
 
-use anyhow::{bail, Context};
-use clap::{Args, Parser, Subcommand};
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use dear::dear_core::{
-    default_model_path, Device, GenerateOptions, LanguageModel, LoadOptions, Quantization,
-    Sampling, WeightDType,
+    default_model_path, AdapterMode, Device, GenerateOptions, Head, HubOptions, LanguageModel,
+    LoadOptions, Passage, PointwiseConfig, PointwiseScorer, Quantization, Query, Recipe, Sampling,
+    WeightDType,
 };
 
 /// DeAR reranking for Rust search: Llama inference, pointwise and listwise reranking.
@@ -23,16 +26,21 @@ struct Cli {
 enum Command {
     /// Generate text with a model (greedy by default).
     Generate(GenerateArgs),
+    /// Score passages against a query with a pointwise reranker.
+    Score(ScoreArgs),
+    /// List the built-in reranker recipes.
+    Recipes(RecipesArgs),
 }
 
 /// Which model to load and how.
 #[derive(Args, Debug)]
 struct ModelArgs {
     /// A .gguf file, a Hugging Face directory or a hub id (org/name).
-    /// Default: the SmolLM2-135M-Instruct GGUF fetched by scripts/fetch-model.sh.
+    /// Default: the SmolLM2-135M-Instruct GGUF fetched by scripts/fetch-model.sh
+    /// (for `score --recipe`, the recipe's base model).
     #[arg(long)]
     model: Option<String>,
-    /// A PEFT LoRA adapter (directory or hub id) applied on top of the model.
+    /// A PEFT LoRA adapter (directory or hub id), merged into the model's weights at load.
     #[arg(long)]
     adapter: Option<String>,
     /// Quantize dense weights at load: none, q8_0, q4_0 or q4_k (GGUF weights keep their type).
@@ -50,12 +58,23 @@ struct ModelArgs {
 }
 
 impl ModelArgs {
-    fn load(&self) -> anyhow::Result<LanguageModel> {
-        if self.adapter.is_some() {
-            bail!("--adapter: LoRA adapters are not supported by this build yet");
+    /// Device, dtype, quantization and hub settings (no adapter).
+    fn options(&self) -> LoadOptions {
+        let mut hub = HubOptions::default();
+        if let Some(rev) = &self.revision {
+            hub = hub.with_revision(rev.clone());
         }
-        let spec = match &self.model {
-            Some(m) => m.clone(),
+        LoadOptions::default()
+            .with_device(self.device)
+            .with_dtype(self.dtype)
+            .with_quantization(self.quant)
+            .with_hub(hub)
+    }
+
+    /// `--model`, or the default model when it is present.
+    fn spec(&self) -> anyhow::Result<String> {
+        match &self.model {
+            Some(m) => Ok(m.clone()),
             None => {
                 let path = default_model_path();
                 if !path.is_file() {
@@ -64,19 +83,23 @@ impl ModelArgs {
                         path.display()
                     );
                 }
-                path.to_string_lossy().into_owned()
+                Ok(path.to_string_lossy().into_owned())
             }
-        };
-        let mut hub = dear::dear_core::HubOptions::default();
-        if let Some(rev) = &self.revision {
-            hub = hub.with_revision(rev.clone());
         }
-        let options = LoadOptions::default()
-            .with_device(self.device)
-            .with_dtype(self.dtype)
-            .with_quantization(self.quant)
-            .with_hub(hub);
-        LanguageModel::load(&spec, &options).with_context(|| format!("loading model {spec}"))
+    }
+
+    /// Loads `--model` with `--adapter` merged in.
+    fn load(&self) -> anyhow::Result<LanguageModel> {
+        let spec = self.spec()?;
+        let mut options = self.options();
+        if let Some(adapter) = &self.adapter {
+            options = options.with_adapter(adapter.clone(), AdapterMode::Merged);
+        }
+        let what = match &self.adapter {
+            Some(a) => format!("loading model {spec} with adapter {a}"),
+            None => format!("loading model {spec}"),
+        };
+        LanguageModel::load(&spec, &options).context(what)
     }
 }
 
@@ -183,6 +206,301 @@ fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How `score` reads relevance off the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum HeadChoice {
+    /// The recipe's head; without a recipe, the classifier when the model has a
+    /// `score` head, else yes/no.
+    Auto,
+    /// DeAR's `score` head (sequence-classification checkpoints and adapters).
+    Classifier,
+    /// logit(yes) - logit(no) after a chat prompt (instruction-tuned causal LMs).
+    #[value(alias = "yes_no")]
+    YesNo,
+}
+
+#[derive(Args, Debug)]
+struct ScoreArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// A built-in recipe (see `dear recipes`) or a recipe JSON file; --model and
+    /// --adapter override its base and adapter.
+    #[arg(long)]
+    recipe: Option<String>,
+    /// The query.
+    #[arg(long)]
+    query: String,
+    /// A JSON Lines file, one passage per line: {"id"?, "title"?, "text"} (BEIR's
+    /// "_id" is accepted for "id"). Blank lines are skipped.
+    #[arg(long)]
+    docs: PathBuf,
+    /// Print [{"index", "id", "score"}] in input order instead of a ranked table.
+    #[arg(long)]
+    json: bool,
+    /// How scores are read: auto, classifier or yes-no.
+    #[arg(long, value_enum, default_value_t = HeadChoice::Auto)]
+    head: HeadChoice,
+    /// Query tokens kept [default: 32, or the recipe's].
+    #[arg(long)]
+    q_max_len: Option<usize>,
+    /// Passage token budget [default: 196, or the recipe's].
+    #[arg(long)]
+    p_max_len: Option<usize>,
+}
+
+/// A built-in recipe by name, else a recipe JSON file.
+fn find_recipe(name: &str) -> anyhow::Result<Recipe> {
+    if let Some(recipe) = Recipe::builtin(name) {
+        return Ok(recipe);
+    }
+    let path = Path::new(name);
+    if !path.is_file() {
+        let names: Vec<String> = Recipe::builtins().into_iter().map(|r| r.name).collect();
+        bail!(
+            "unknown recipe '{name}': not a built-in ({}) and no such file",
+            names.join(", ")
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading recipe {}", path.display()))?;
+    Recipe::from_json(&text).with_context(|| format!("reading recipe {}", path.display()))
+}
+
+/// Reads a JSON Lines file of passages; errors name the file and the line.
+fn read_docs(path: &Path) -> anyhow::Result<Vec<Passage>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut passages = Vec::new();
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line_no = i + 1;
+        let at = || format!("{} line {line_no}", path.display());
+        let line = std::str::from_utf8(raw).map_err(|e| {
+            anyhow!(
+                "{}: not valid UTF-8 (invalid byte at column {})",
+                at(),
+                e.valid_up_to() + 1
+            )
+        })?;
+        let line = line.trim_start_matches('\u{feff}').trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut value: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| anyhow!("{}: invalid JSON: {e}", at()))?;
+        let Some(object) = value.as_object_mut() else {
+            bail!(
+                "{}: expected a JSON object {{\"id\"?, \"title\"?, \"text\"}}, found {}",
+                at(),
+                json_kind(&value)
+            );
+        };
+        // Numeric ids are carried as their decimal text.
+        for key in ["id", "_id"] {
+            if let Some(serde_json::Value::Number(n)) = object.get(key) {
+                let text = n.to_string();
+                object.insert(key.to_string(), serde_json::Value::String(text));
+            }
+        }
+        let passage: Passage = serde_json::from_value(value).map_err(|e| {
+            anyhow!(
+                "{}: not a passage {{\"id\"?, \"title\"?, \"text\"}}: {e}",
+                at()
+            )
+        })?;
+        passages.push(passage);
+    }
+    Ok(passages)
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Loads the scorer `args` describe: a recipe (with overrides), or a model whose
+/// head is chosen by `--head`.
+fn load_scorer(args: &ScoreArgs) -> anyhow::Result<PointwiseScorer> {
+    let lengths = |mut config: PointwiseConfig| {
+        if let Some(q) = args.q_max_len {
+            config.q_max_len = q;
+        }
+        if let Some(p) = args.p_max_len {
+            config.p_max_len = p;
+        }
+        config
+    };
+    let explicit_head = match args.head {
+        HeadChoice::Auto => None,
+        HeadChoice::Classifier => Some(Head::Classifier),
+        HeadChoice::YesNo => Some(Head::default_yes_no()),
+    };
+    if let Some(name) = &args.recipe {
+        let mut recipe = find_recipe(name)?;
+        if let Some(model) = &args.model.model {
+            recipe.base = model.clone();
+        }
+        if let Some(adapter) = &args.model.adapter {
+            recipe.adapter = Some(adapter.clone());
+        }
+        if let Some(head) = explicit_head {
+            recipe.pointwise.head = head;
+        }
+        recipe.pointwise = lengths(recipe.pointwise);
+        let what = match &recipe.adapter {
+            Some(a) => format!(
+                "loading recipe {} ({} with adapter {a})",
+                recipe.name, recipe.base
+            ),
+            None => format!("loading recipe {} ({})", recipe.name, recipe.base),
+        };
+        return recipe.load(&args.model.options()).context(what);
+    }
+    let lm = args.model.load()?;
+    let head = explicit_head.unwrap_or_else(|| {
+        if lm.llama().score_labels(None).is_some() {
+            Head::Classifier
+        } else {
+            Head::default_yes_no()
+        }
+    });
+    let config = lengths(PointwiseConfig {
+        head,
+        ..PointwiseConfig::classifier()
+    });
+    Ok(PointwiseScorer::new(Arc::new(lm), None, config)?)
+}
+
+/// The passage as one line of at most `max` characters.
+fn snippet(passage: &Passage, max: usize) -> String {
+    let full = match passage.title.as_deref().filter(|t| !t.trim().is_empty()) {
+        Some(title) => format!("{title}: {}", passage.text),
+        None => passage.text.clone(),
+    };
+    let flat = full.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= max {
+        return flat;
+    }
+    let mut cut: String = flat.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+#[derive(serde::Serialize)]
+struct ScoreRow<'a> {
+    index: usize,
+    id: Option<&'a str>,
+    score: f32,
+}
+
+fn score(args: &ScoreArgs) -> anyhow::Result<()> {
+    let passages = read_docs(&args.docs)?;
+    let started = Instant::now();
+    let scorer = load_scorer(args)?;
+    let loaded = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let scores = scorer.score(&Query::new(args.query.clone()), &passages)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let rate = if seconds > 0.0 {
+        passages.len() as f64 / seconds
+    } else {
+        0.0
+    };
+    eprintln!(
+        "loaded in {loaded:.2} s; scored {} passages in {seconds:.3} s ({rate:.1} passages/s)",
+        passages.len()
+    );
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        let rows: Vec<ScoreRow> = passages
+            .iter()
+            .zip(&scores)
+            .enumerate()
+            .map(|(index, (p, &score))| ScoreRow {
+                index,
+                id: p.id.as_deref(),
+                score,
+            })
+            .collect();
+        writeln!(stdout, "{}", serde_json::to_string(&rows)?)?;
+        return Ok(());
+    }
+    if passages.is_empty() {
+        return Ok(());
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let id_width = passages
+        .iter()
+        .map(|p| p.id.as_deref().map_or(1, |id| id.chars().count()))
+        .max()
+        .unwrap_or(2)
+        .clamp(2, 32);
+    writeln!(
+        stdout,
+        "{:>4}  {:>10}  {:<id_width$}  passage",
+        "rank", "score", "id"
+    )?;
+    for (rank, &i) in order.iter().enumerate() {
+        let p = &passages[i];
+        writeln!(
+            stdout,
+            "{:>4}  {:>10.4}  {:<id_width$}  {}",
+            rank + 1,
+            scores[i],
+            p.id.as_deref().unwrap_or("-"),
+            snippet(p, 60)
+        )?;
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+struct RecipesArgs {
+    /// Print the recipes as JSON (the format `score --recipe FILE.json` reads).
+    #[arg(long)]
+    json: bool,
+}
+
+fn recipes(args: &RecipesArgs) -> anyhow::Result<()> {
+    let all = Recipe::builtins();
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&all)?)?;
+        return Ok(());
+    }
+    let name_width = all.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
+    let adapter_width = all
+        .iter()
+        .filter_map(|r| r.adapter.as_ref().map(String::len))
+        .max()
+        .unwrap_or(7)
+        .max(7);
+    writeln!(
+        stdout,
+        "{:<name_width$}  {:<10}  {:<adapter_width$}  base",
+        "name", "head", "adapter"
+    )?;
+    for r in &all {
+        let head = match r.pointwise.head {
+            Head::Classifier => "classifier",
+            Head::YesNo { .. } => "yes-no",
+        };
+        writeln!(
+            stdout,
+            "{:<name_width$}  {head:<10}  {:<adapter_width$}  {}",
+            r.name,
+            r.adapter.as_deref().unwrap_or("-"),
+            r.base
+        )?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -194,6 +512,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Generate(args) => generate(args),
+        Command::Score(args) => score(args),
+        Command::Recipes(args) => recipes(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
