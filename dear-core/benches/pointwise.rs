@@ -23,7 +23,10 @@ use dear_core::{
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn w1() -> Res<Vec<Vec<u32>>> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/data/w1_pointwise.jsonl");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../benches/data/w1_pointwise.jsonl"
+    );
     let mut out = Vec::new();
     for line in std::fs::read_to_string(path)?.lines() {
         let v: serde_json::Value = serde_json::from_str(line)?;
@@ -54,12 +57,22 @@ fn main() -> Res<()> {
         println!("pointwise bench: run with `cargo bench -p dear-core --bench pointwise`");
         return Ok(());
     }
-    let runs: usize = std::env::var("DEAR_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let runs: usize = std::env::var("DEAR_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
     let path = dear_core::default_model_path();
     if !path.is_file() {
-        return Err(format!("missing {}: run `bash scripts/fetch-model.sh`", path.display()).into());
+        return Err(format!(
+            "missing {}: run `bash scripts/fetch-model.sh`",
+            path.display()
+        )
+        .into());
     }
-    let lm = Arc::new(LanguageModel::load(&path.to_string_lossy(), &LoadOptions::default())?);
+    let lm = Arc::new(LanguageModel::load(
+        &path.to_string_lossy(),
+        &LoadOptions::default(),
+    )?);
     let seqs = w1()?;
     let total: usize = seqs.iter().map(Vec::len).sum();
     let budget = 4096;
@@ -74,7 +87,8 @@ fn main() -> Res<()> {
                 end += 1;
             }
             let batch = Batch::from_sequences(&seqs[start..end])?;
-            lm.llama().forward(&batch, &mut [], Outputs::last_hidden())?;
+            lm.llama()
+                .forward(&batch, &mut [], Outputs::last_hidden())?;
             start = end;
         }
         Ok(())
@@ -169,6 +183,9 @@ fn main() -> Res<()> {
         }
         Ok(())
     })?;
-    println!("4 callers x 25 : serial {serial:.2} s, concurrent {concurrent:.2} s ({:.2}x)", serial / concurrent);
+    println!(
+        "4 callers x 25 : serial {serial:.2} s, concurrent {concurrent:.2} s ({:.2}x)",
+        serial / concurrent
+    );
     Ok(())
 }

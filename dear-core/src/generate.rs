@@ -7,7 +7,7 @@ use candle_core::Tensor;
 use candle_transformers::generation::{LogitsProcessor, Sampling as CandleSampling};
 
 use crate::batch::Batch;
-use crate::model::{KvCache, Llama, Outputs};
+use crate::model::{AdapterId, ForwardOptions, KvCache, Llama, Outputs};
 use crate::Error;
 
 /// How the next token is chosen.
@@ -40,6 +40,7 @@ pub struct GenerateOptions {
     max_new_tokens: usize,
     sampling: Sampling,
     stop_tokens: Option<Vec<u32>>,
+    adapter: Option<AdapterId>,
 }
 
 impl Default for GenerateOptions {
@@ -48,6 +49,7 @@ impl Default for GenerateOptions {
             max_new_tokens: 256,
             sampling: Sampling::Greedy,
             stop_tokens: None,
+            adapter: None,
         }
     }
 }
@@ -73,6 +75,18 @@ impl GenerateOptions {
     pub fn with_stop_tokens(mut self, tokens: Vec<u32>) -> Self {
         self.stop_tokens = Some(tokens);
         self
+    }
+
+    /// Generates with an unmerged adapter (see [`crate::Llama::adapter`]). Default: none.
+    #[must_use]
+    pub fn with_adapter(mut self, adapter: Option<AdapterId>) -> Self {
+        self.adapter = adapter;
+        self
+    }
+
+    /// The adapter used.
+    pub fn adapter(&self) -> Option<AdapterId> {
+        self.adapter
     }
 
     /// The most tokens generated per sequence.
@@ -189,7 +203,7 @@ pub fn generate(
     // Indices (into `prompts`) of the sequences still running, and their last logits.
     let mut active: Vec<usize> = (0..prompts.len()).collect();
     let batch = Batch::from_sequences(prompts)?;
-    let mut logits = last_logits(model, &batch, &mut caches)?;
+    let mut logits = last_logits(model, &batch, &mut caches, options.adapter)?;
     loop {
         let mut next_active = Vec::with_capacity(active.len());
         let mut next_tokens = Vec::with_capacity(active.len());
@@ -220,7 +234,7 @@ pub fn generate(
             batch.push(&[token], caches[seq].len())?;
             step_caches.push(std::mem::take(&mut caches[seq]));
         }
-        let step = last_logits(model, &batch, &mut step_caches);
+        let step = last_logits(model, &batch, &mut step_caches, options.adapter);
         for (&seq, cache) in next_active.iter().zip(step_caches) {
             caches[seq] = cache;
         }
@@ -229,8 +243,14 @@ pub fn generate(
     }
 }
 
-fn last_logits(model: &Llama, batch: &Batch, caches: &mut [KvCache]) -> crate::Result<Tensor> {
-    let out = model.forward(batch, caches, Outputs::last_logits())?;
+fn last_logits(
+    model: &Llama,
+    batch: &Batch,
+    caches: &mut [KvCache],
+    adapter: Option<AdapterId>,
+) -> crate::Result<Tensor> {
+    let options = ForwardOptions::default().with_adapter(adapter);
+    let out = model.forward_with(batch, caches, Outputs::last_logits(), options)?;
     out.logits
         .ok_or_else(|| Error::InvalidArgument("the model returned no logits".into()))
 }

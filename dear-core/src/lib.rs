@@ -51,7 +51,10 @@ pub use crate::loader::{AdapterSpec, HubOptions, LoadOptions, Quantization, Weig
 pub use crate::lora::AdapterMode;
 pub use crate::model::{AdapterId, ForwardOptions, ForwardOutput, KvCache, Llama, Outputs, Select};
 pub use crate::rerank::{
-    EncodedQuery, Head, Passage, PointwiseConfig, PointwiseScorer, Query, Recipe, Reranker,
+    has_ranking, listwise_passage_text, listwise_prompt_ids, parse_ranking, slide, EncodedQuery,
+    Head, IdBase, ListwiseConfig, ListwiseMode, ListwiseOutcome, ListwisePrompt, ListwiseReranker,
+    ParsedRanking, Passage, PointwiseConfig, PointwiseScorer, Query, Recipe, Reranker,
+    WindowConfig, WindowRecord, WindowReport,
 };
 pub use crate::tokenizer::Tokenizer;
 

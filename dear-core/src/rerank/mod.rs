@@ -1,12 +1,23 @@
 //! Reranking that knows nothing about search engines: queries and passages in,
 //! scores and orders out.
 
+mod constrained;
+mod listwise;
+mod permutation;
 mod pointwise;
+mod prompt;
 mod recipe;
 mod scheduler;
 mod types;
+mod window;
 
+pub use self::listwise::{
+    ListwiseConfig, ListwiseMode, ListwiseOutcome, ListwiseReranker, WindowReport,
+};
+pub use self::permutation::{has_ranking, parse_ranking, IdBase, ParsedRanking};
 pub use self::pointwise::{EncodedQuery, Head, PointwiseConfig, PointwiseScorer};
+pub use self::prompt::{listwise_passage_text, listwise_prompt_ids, ListwisePrompt};
 pub use self::recipe::Recipe;
 pub use self::scheduler::Reranker;
 pub use self::types::{Passage, Query};
+pub use self::window::{slide, WindowConfig, WindowRecord};

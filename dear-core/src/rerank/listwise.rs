@@ -1,0 +1,541 @@
+//! DeAR's listwise stage: a causal LM (usually a CAUSAL_LM LoRA adapter on a Llama
+//! base) reads a RankGPT/RankLLM-style prompt over a window of passages and writes a
+//! ranking, `[4] > [1] > [2] …`, optionally after reasoning inside `<think>…</think>`.
+//! Windows slide from the bottom of the list up ([`WindowConfig`]).
+//!
+//! Three ways to get a window's ranking, selectable per reranker:
+//! - [`ListwiseMode::Generate`]: free greedy generation, then parsing (RankLLM's rules:
+//!   numbers in order, duplicates and out-of-range ids dropped, missing ids appended);
+//! - [`ListwiseMode::Constrained`]: greedy generation where, while the ranking is
+//!   written, only tokens that keep the output a prefix of a full `[id] > [id] > …`
+//!   permutation of unused ids are allowed (after an optional bounded reasoning
+//!   section), so the answer is always complete and nothing is wasted;
+//! - [`ListwiseMode::FirstToken`]: FIRST (Reddy et al., 2024): one prefill, and the
+//!   passages ordered by the model's probability of each identifier as the first
+//!   thing it writes (ids spanning several tokens are scored along a trie of their
+//!   tokens, so `[1]` and `[12]` are told apart).
+//!
+//! A failed window (no parseable id, a generation error) keeps its incoming order; a
+//! deadline or error stops the pass and returns the order reached so far, with the
+//! reason.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::batch::Batch;
+use crate::generate::{generate, GenerateOptions};
+use crate::model::{AdapterId, ForwardOptions, KvCache, Outputs};
+use crate::rerank::constrained::{Progress, RankingGrammar};
+use crate::rerank::permutation::{parse_ranking, IdBase};
+use crate::rerank::prompt::{listwise_prompt_ids, ListwisePrompt};
+use crate::rerank::types::{Passage, Query};
+use crate::rerank::window::{slide, WindowConfig};
+use crate::{Error, LanguageModel};
+
+/// How a window's ranking is obtained.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListwiseMode {
+    /// Free greedy generation, then parsing.
+    #[default]
+    Generate,
+    /// Greedy generation constrained to a well-formed permutation.
+    Constrained,
+    /// One forward pass; ids ordered by their probability as the first output.
+    FirstToken,
+}
+
+impl std::str::FromStr for ListwiseMode {
+    type Err = Error;
+
+    /// Parses `generate`, `constrained` or `first-token`.
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "generate" => Ok(ListwiseMode::Generate),
+            "constrained" => Ok(ListwiseMode::Constrained),
+            "first-token" | "first" => Ok(ListwiseMode::FirstToken),
+            _ => Err(Error::InvalidArgument(format!(
+                "unknown listwise mode {s:?} (use generate, constrained or first-token)"
+            ))),
+        }
+    }
+}
+
+/// Settings of the listwise stage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ListwiseConfig {
+    /// The prompt format. Default: rankllm (what DeAR trains with).
+    pub prompt: ListwisePrompt,
+    /// How rankings are read. Default: free generation.
+    pub mode: ListwiseMode,
+    /// The sliding windows. Default: one window over the top 20.
+    pub window: WindowConfig,
+    /// Most tokens generated per window (CoT models need up to 1024). Default: 256.
+    pub max_new_tokens: usize,
+    /// In constrained mode, tokens a reasoning section (`<think>…</think>`) may take
+    /// before the ranking is forced. Default: 0 (the ranking starts at once).
+    pub max_reasoning_tokens: usize,
+}
+
+impl Default for ListwiseConfig {
+    fn default() -> Self {
+        Self {
+            prompt: ListwisePrompt::RankLlm,
+            mode: ListwiseMode::Generate,
+            window: WindowConfig::top(20),
+            max_new_tokens: 256,
+            max_reasoning_tokens: 0,
+        }
+    }
+}
+
+/// What happened in one window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WindowReport {
+    /// First rank of the window in the list as it stood.
+    pub start: usize,
+    /// One past its last rank.
+    pub end: usize,
+    /// The generated text (empty in first-token mode).
+    pub raw: String,
+    /// The reasoning the model wrote inside `<think>…</think>`, if any.
+    pub reasoning: Option<String>,
+    /// How many ids came from the model (the rest kept their incoming order).
+    pub parsed_ids: usize,
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub generated_tokens: usize,
+    /// Why the window kept its incoming order, if it did.
+    pub failure: Option<String>,
+}
+
+/// The result of a listwise pass.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ListwiseOutcome {
+    /// 0-based indices into the input passages, best first: a permutation of them.
+    pub order: Vec<usize>,
+    /// One report per window, in the order the windows ran.
+    pub windows: Vec<WindowReport>,
+    /// Why the pass stopped early (deadline, model error), if it did; `order` then
+    /// holds the windows finished before it.
+    pub failure: Option<String>,
+}
+
+/// Token texts a constrained answer can be written with.
+#[derive(Debug)]
+struct AnswerVocab {
+    tokens: Vec<(u32, String)>,
+}
+
+/// A listwise reranker over one model (and optionally one unmerged adapter).
+#[derive(Debug)]
+pub struct ListwiseReranker {
+    lm: Arc<LanguageModel>,
+    adapter: Option<AdapterId>,
+    config: ListwiseConfig,
+    vocab: Option<AnswerVocab>,
+}
+
+impl ListwiseReranker {
+    /// A listwise reranker using the unmerged adapter named `adapter`, if any.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an unknown adapter or a zero window/step;
+    /// [`Error::ChatTemplate`] when the model has no chat template.
+    pub fn new(
+        lm: Arc<LanguageModel>,
+        adapter: Option<&str>,
+        config: ListwiseConfig,
+    ) -> crate::Result<Self> {
+        let adapter = match adapter {
+            None => None,
+            Some(name) => Some(lm.llama().adapter(name).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "no unmerged adapter named '{name}' (loaded: {:?})",
+                    lm.llama().adapter_names()
+                ))
+            })?),
+        };
+        if config.window.window == 0 || config.window.step == 0 {
+            return Err(Error::InvalidArgument(
+                "window and step must be greater than 0".into(),
+            ));
+        }
+        if lm.tokenizer().chat_template().is_none() {
+            return Err(Error::ChatTemplate(format!(
+                "listwise prompts are rendered with the chat template, and '{}' has none",
+                lm.source()
+            )));
+        }
+        let vocab = match config.mode {
+            ListwiseMode::Constrained => Some(answer_vocab(&lm)?),
+            _ => None,
+        };
+        Ok(Self {
+            lm,
+            adapter,
+            config,
+            vocab,
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ListwiseConfig {
+        &self.config
+    }
+
+    /// Reranks `passages` (in their incoming order, best first) for `query`.
+    ///
+    /// # Errors
+    /// [`Error::EmptyInput`] for an empty query. Model failures do not fail the call:
+    /// they are reported in [`ListwiseOutcome::failure`] with the order reached.
+    pub fn rerank(&self, query: &Query, passages: &[Passage]) -> crate::Result<ListwiseOutcome> {
+        self.rerank_until(query, passages, None)
+    }
+
+    /// [`ListwiseReranker::rerank`] that stops at a deadline (checked between windows
+    /// and between generated tokens).
+    ///
+    /// # Errors
+    /// As [`ListwiseReranker::rerank`].
+    pub fn rerank_until(
+        &self,
+        query: &Query,
+        passages: &[Passage],
+        deadline: Option<Instant>,
+    ) -> crate::Result<ListwiseOutcome> {
+        if query.text.trim().is_empty() {
+            return Err(Error::EmptyInput("the query is empty".into()));
+        }
+        let incoming: Vec<usize> = (0..passages.len()).collect();
+        let mut reports = Vec::new();
+        let mut order_so_far = incoming.clone();
+        let result = slide(incoming, &self.config.window, |window: &[usize]| {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::DeadlineExceeded {
+                    what: "listwise reranking".into(),
+                    elapsed_ms: 0,
+                });
+            }
+            let items: Vec<&Passage> = window.iter().map(|&i| &passages[i]).collect();
+            let (order, report) = self.rank_window(query, &items, deadline)?;
+            reports.push(report);
+            Ok(order)
+        });
+        match result {
+            Ok((order, records)) => {
+                for (report, record) in reports.iter_mut().zip(&records) {
+                    report.start = record.start;
+                    report.end = record.end;
+                }
+                Ok(ListwiseOutcome {
+                    order,
+                    windows: reports,
+                    failure: None,
+                })
+            }
+            Err(e) => {
+                // Windows run one after another; the passes finished before the error
+                // are lost with `slide`'s state, so fall back to the incoming order.
+                order_so_far.truncate(passages.len());
+                Ok(ListwiseOutcome {
+                    order: order_so_far,
+                    windows: reports,
+                    failure: Some(e.to_string()),
+                })
+            }
+        }
+    }
+
+    /// Ranks one window; returns positions within the window, best first.
+    fn rank_window(
+        &self,
+        query: &Query,
+        items: &[&Passage],
+        deadline: Option<Instant>,
+    ) -> crate::Result<(Vec<usize>, WindowReport)> {
+        let n = items.len();
+        let owned: Vec<Passage> = items.iter().map(|p| (*p).clone()).collect();
+        let prompt = listwise_prompt_ids(&self.lm, self.config.prompt, &query.text, &owned)?;
+        let base = self.config.prompt.id_base();
+        let mut report = WindowReport {
+            start: 0,
+            end: n,
+            raw: String::new(),
+            reasoning: None,
+            parsed_ids: 0,
+            prompt_tokens: prompt.len(),
+            generated_tokens: 0,
+            failure: None,
+        };
+        if n <= 1 {
+            return Ok(((0..n).collect(), report));
+        }
+        let order = match self.config.mode {
+            ListwiseMode::Generate => {
+                let opts = GenerateOptions::default()
+                    .with_max_new_tokens(self.config.max_new_tokens)
+                    .with_adapter(self.adapter);
+                let mut stop_early = |_: usize, _: u32| deadline.is_none_or(|d| Instant::now() < d);
+                let out = generate(
+                    self.lm.llama(),
+                    &[prompt],
+                    &opts,
+                    self.lm.tokenizer().end_token_ids(),
+                    &mut stop_early,
+                )?
+                .pop()
+                .ok_or_else(|| Error::InvalidArgument("generation returned nothing".into()))?;
+                if out.finish == crate::FinishReason::Cancelled {
+                    return Err(Error::DeadlineExceeded {
+                        what: "listwise generation".into(),
+                        elapsed_ms: 0,
+                    });
+                }
+                report.generated_tokens = out.tokens.len();
+                report.raw = self.lm.tokenizer().decode(&out.tokens, true)?;
+                let parsed = parse_ranking(&report.raw, n, base);
+                report.reasoning = parsed.reasoning.clone();
+                report.parsed_ids = parsed.parsed;
+                if parsed.parsed == 0 {
+                    report.failure = Some("no parseable id in the output".into());
+                }
+                parsed.order
+            }
+            ListwiseMode::Constrained => {
+                self.constrained(prompt, n, base, deadline, &mut report)?
+            }
+            ListwiseMode::FirstToken => self.first_token(prompt, n, base, &mut report)?,
+        };
+        Ok((order, report))
+    }
+
+    fn step(&self, cache: &mut KvCache, tokens: &[u32]) -> crate::Result<Tensor> {
+        let mut batch = Batch::new();
+        batch.push(tokens, cache.len())?;
+        let out = self.lm.llama().forward_with(
+            &batch,
+            std::slice::from_mut(cache),
+            Outputs::last_logits(),
+            ForwardOptions::default().with_adapter(self.adapter),
+        )?;
+        let logits = out
+            .logits
+            .ok_or_else(|| Error::InvalidArgument("no logits".into()))?;
+        Ok(logits.get(0)?)
+    }
+
+    fn constrained(
+        &self,
+        prompt: Vec<u32>,
+        n: usize,
+        base: IdBase,
+        deadline: Option<Instant>,
+        report: &mut WindowReport,
+    ) -> crate::Result<Vec<usize>> {
+        let vocab = self
+            .vocab
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("no answer vocabulary".into()))?;
+        let first = match base {
+            IdBase::One => 1,
+            IdBase::Zero => 0,
+        };
+        let grammar = RankingGrammar::new(n, first);
+        let tok = self.lm.tokenizer();
+        let ctx = self.lm.llama().config().max_position_embeddings;
+        let mut cache = KvCache::new();
+        let mut logits = self.step(&mut cache, &prompt)?;
+        let mut generated: Vec<u32> = Vec::new();
+        let mut prefix_text = String::new();
+        // An optional bounded reasoning section, generated freely.
+        if self.config.max_reasoning_tokens > 0 {
+            let mut reasoning: Vec<u32> = Vec::new();
+            while reasoning.len() < self.config.max_reasoning_tokens && cache.len() + 1 < ctx {
+                let next = argmax(&logits)?;
+                reasoning.push(next);
+                logits = self.step(&mut cache, &[next])?;
+                let text = tok.decode(&reasoning, false)?;
+                if text.contains("</think>") || tok.end_token_ids().contains(&next) {
+                    break;
+                }
+            }
+            prefix_text = tok.decode(&reasoning, false)?;
+            if !prefix_text.contains("<think>") {
+                // The model did not reason: start the ranking from scratch.
+                cache = KvCache::new();
+                logits = self.step(&mut cache, &prompt)?;
+                prefix_text.clear();
+            } else {
+                report.reasoning = Some(prefix_text.clone());
+                generated.extend(reasoning);
+                if !prefix_text.contains("</think>") {
+                    let close = tok.encode("</think>\n", false)?;
+                    generated.extend(&close);
+                    logits = self.step(&mut cache, &close)?;
+                }
+            }
+        }
+        let mut answer = String::new();
+        loop {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::DeadlineExceeded {
+                    what: "constrained listwise generation".into(),
+                    elapsed_ms: 0,
+                });
+            }
+            if grammar.check(&answer) == Progress::Complete {
+                break;
+            }
+            if generated.len() >= self.config.max_new_tokens.max(8 * n) || cache.len() + 1 >= ctx {
+                break;
+            }
+            let scores = logits.to_vec1::<f32>()?;
+            let mut best: Option<(u32, f32)> = None;
+            for (id, text) in &vocab.tokens {
+                let s = scores
+                    .get(*id as usize)
+                    .copied()
+                    .unwrap_or(f32::NEG_INFINITY);
+                if best.is_some_and(|(_, b)| s <= b) {
+                    continue;
+                }
+                let candidate = format!("{answer}{text}");
+                if grammar.check(&candidate) != Progress::Invalid {
+                    best = Some((*id, s));
+                }
+            }
+            let Some((next, _)) = best else {
+                break;
+            };
+            answer.push_str(
+                &vocab
+                    .tokens
+                    .iter()
+                    .find(|(i, _)| *i == next)
+                    .map(|(_, t)| t.clone())
+                    .unwrap_or_default(),
+            );
+            generated.push(next);
+            logits = self.step(&mut cache, &[next])?;
+        }
+        report.generated_tokens = generated.len();
+        report.raw = format!("{prefix_text}{answer}");
+        let parsed = parse_ranking(&answer, n, base);
+        report.parsed_ids = parsed.parsed;
+        if parsed.parsed == 0 {
+            report.failure = Some("the constrained answer holds no id".into());
+        }
+        Ok(parsed.order)
+    }
+
+    /// FIRST: the probability of each identifier as the model's first output, read
+    /// along the trie of the identifiers' tokens (one prefill plus one step for each
+    /// token prefix shared by several identifiers).
+    fn first_token(
+        &self,
+        prompt: Vec<u32>,
+        n: usize,
+        base: IdBase,
+        report: &mut WindowReport,
+    ) -> crate::Result<Vec<usize>> {
+        let tok = self.lm.tokenizer();
+        let first = match base {
+            IdBase::One => 1,
+            IdBase::Zero => 0,
+        };
+        let open = tok.encode("[", false)?;
+        // Each id's tokens after "[": the digits and the closing bracket.
+        let mut seqs: Vec<Vec<u32>> = Vec::with_capacity(n);
+        for k in 0..n {
+            let full = tok.encode(&format!("[{}]", first + k), false)?;
+            let rest = full
+                .strip_prefix(open.as_slice())
+                .map(<[u32]>::to_vec)
+                .unwrap_or(full);
+            seqs.push(rest);
+        }
+        let mut input = prompt;
+        input.extend(&open);
+        // Caches and log-prob distributions by token prefix (after "[").
+        let mut caches: BTreeMap<Vec<u32>, KvCache> = BTreeMap::new();
+        let mut dists: BTreeMap<Vec<u32>, Vec<f32>> = BTreeMap::new();
+        let mut root = KvCache::new();
+        dists.insert(Vec::new(), log_softmax(&self.step(&mut root, &input)?)?);
+        caches.insert(Vec::new(), root);
+        // The continuations of every proper prefix of the ids' token sequences.
+        let mut children: BTreeMap<Vec<u32>, BTreeSet<u32>> = BTreeMap::new();
+        for s in &seqs {
+            for d in 0..s.len() {
+                children.entry(s[..d].to_vec()).or_default().insert(s[d]);
+            }
+        }
+        // A distribution is needed where the ids diverge (and at the root).
+        for (prefix, next) in &children {
+            if prefix.is_empty() || next.len() < 2 {
+                continue;
+            }
+            let (known, mut cache) = caches
+                .iter()
+                .filter(|(k, _)| prefix.starts_with(k))
+                .max_by_key(|(k, _)| k.len())
+                .map(|(k, c)| Ok::<_, Error>((k.len(), c.try_clone()?)))
+                .transpose()?
+                .ok_or_else(|| Error::InvalidArgument("no cache for the prefix".into()))?;
+            let d = log_softmax(&self.step(&mut cache, &prefix[known..])?)?;
+            dists.insert(prefix.clone(), d);
+            caches.insert(prefix.clone(), cache);
+        }
+        let scores: Vec<f64> = seqs
+            .iter()
+            .map(|s| {
+                (0..s.len())
+                    .filter_map(|d| dists.get(&s[..d]).map(|dist| dist.get(s[d] as usize)))
+                    .map(|lp| lp.copied().unwrap_or(f32::NEG_INFINITY) as f64)
+                    .sum()
+            })
+            .collect();
+        report.parsed_ids = n;
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+        Ok(order)
+    }
+}
+
+fn argmax(logits: &Tensor) -> crate::Result<u32> {
+    Ok(logits.argmax(0)?.to_scalar::<u32>()?)
+}
+
+fn log_softmax(logits: &Tensor) -> crate::Result<Vec<f32>> {
+    Ok(candle_nn::ops::log_softmax(logits, 0)?.to_vec1::<f32>()?)
+}
+
+/// Every token whose text can appear in `[id] > [id]` (brackets, digits, `>` and
+/// spaces), decoded once per reranker.
+fn answer_vocab(lm: &LanguageModel) -> crate::Result<AnswerVocab> {
+    let tok = lm.tokenizer();
+    let mut tokens = Vec::new();
+    for id in 0..tok.vocab_size() as u32 {
+        let Ok(text) = tok.decode(&[id], false) else {
+            continue;
+        };
+        if !text.is_empty()
+            && text
+                .chars()
+                .all(|c| matches!(c, '[' | ']' | '>' | ' ' | '0'..='9'))
+        {
+            tokens.push((id, text));
+        }
+    }
+    if tokens.is_empty() {
+        return Err(Error::InvalidArgument(
+            "the tokenizer has no token to write a ranking with".into(),
+        ));
+    }
+    Ok(AnswerVocab { tokens })
+}
