@@ -10,8 +10,9 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dear::dear_core::{
     default_model_path, AdapterMode, Device, GenerateOptions, Head, HubOptions, LanguageModel,
-    LoadOptions, Passage, PointwiseConfig, PointwiseScorer, Quantization, Query, Recipe, Sampling,
-    WeightDType,
+    ListwiseConfig, ListwiseMode, ListwiseOutcome, ListwisePrompt, ListwiseReranker, LoadOptions,
+    Passage, PointwiseConfig, PointwiseScorer, Quantization, Query, Recipe, Sampling, WeightDType,
+    WindowConfig, WindowReport,
 };
 
 /// DeAR reranking for Rust search: Llama inference, pointwise and listwise reranking.
@@ -28,6 +29,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Score passages against a query with a pointwise reranker.
     Score(ScoreArgs),
+    /// Rerank passages for a query with a listwise model (sliding windows).
+    Listwise(ListwiseArgs),
     /// List the built-in reranker recipes.
     Recipes(RecipesArgs),
 }
@@ -459,6 +462,218 @@ fn score(args: &ScoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The listwise prompt format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum PromptChoice {
+    /// DeAR's RankLLM conversation; passages numbered from 1.
+    Rankllm,
+    /// DeAR's README single prompt; passages numbered from 0.
+    Plain,
+}
+
+impl From<PromptChoice> for ListwisePrompt {
+    fn from(choice: PromptChoice) -> Self {
+        match choice {
+            PromptChoice::Rankllm => ListwisePrompt::RankLlm,
+            PromptChoice::Plain => ListwisePrompt::Plain,
+        }
+    }
+}
+
+/// How a window's ranking is read off the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ModeChoice {
+    /// Free greedy generation, then parsing.
+    Generate,
+    /// Greedy generation constrained to a well-formed permutation.
+    Constrained,
+    /// One forward pass; ids ordered by their probability as the first output (FIRST).
+    FirstToken,
+}
+
+impl From<ModeChoice> for ListwiseMode {
+    fn from(choice: ModeChoice) -> Self {
+        match choice {
+            ModeChoice::Generate => ListwiseMode::Generate,
+            ModeChoice::Constrained => ListwiseMode::Constrained,
+            ModeChoice::FirstToken => ListwiseMode::FirstToken,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct ListwiseArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The query.
+    #[arg(long)]
+    query: String,
+    /// A JSON Lines file, one passage per line: {"id"?, "title"?, "text"} (BEIR's
+    /// "_id" is accepted for "id"), in their incoming order, best first. Blank lines
+    /// are skipped.
+    #[arg(long)]
+    docs: PathBuf,
+    /// The prompt format.
+    #[arg(long, value_enum, default_value_t = PromptChoice::Rankllm)]
+    prompt: PromptChoice,
+    /// How each window's ranking is obtained.
+    #[arg(long, value_enum, default_value_t = ModeChoice::Generate)]
+    mode: ModeChoice,
+    /// Passages per window.
+    #[arg(long, default_value_t = 20)]
+    window: usize,
+    /// How far each window moves up from the previous one [default: 10, or the
+    /// window when it is smaller].
+    #[arg(long)]
+    step: Option<usize>,
+    /// Rerank the top N passages only [default: all of them]; the rest keep their
+    /// place. Windows slide from rank N up to the top.
+    #[arg(long)]
+    rank_end: Option<usize>,
+    /// Most tokens generated per window.
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// In constrained mode, tokens a reasoning section (<think>...</think>) may take
+    /// before the ranking is forced.
+    #[arg(long, default_value_t = 0)]
+    max_reasoning_tokens: usize,
+    /// Print one line {"permutation": [...], "raw": "...", "windows": [...],
+    /// "failure": ...} instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The window settings for `n` passages; errors name the flag at fault.
+fn window_config(args: &ListwiseArgs, n: usize) -> anyhow::Result<WindowConfig> {
+    let step = args.step.unwrap_or_else(|| args.window.min(10));
+    // The flags as given (zero passages still need sensible flags).
+    let given = WindowConfig {
+        rank_start: 0,
+        rank_end: args.rank_end.unwrap_or(n.max(1)),
+        window: args.window,
+        step,
+    };
+    given.validate().map_err(|e| {
+        let note = |given: bool| if given { "" } else { " (default)" };
+        let (step_note, end_note) = (note(args.step.is_some()), note(args.rank_end.is_some()));
+        anyhow!(
+            "{e} (from --window {}, --step {step}{step_note}, --rank-end {}{end_note})",
+            given.window,
+            given.rank_end
+        )
+    })?;
+    // Windows are placed over the passages there are.
+    Ok(WindowConfig {
+        rank_end: given.rank_end.min(n),
+        ..given
+    })
+}
+
+#[derive(serde::Serialize)]
+struct ListwiseJson<'a> {
+    permutation: &'a [usize],
+    raw: String,
+    windows: &'a [WindowReport],
+    failure: Option<&'a str>,
+}
+
+/// The generated text of every window, joined by newlines.
+fn joined_raw(outcome: &ListwiseOutcome) -> String {
+    outcome
+        .windows
+        .iter()
+        .map(|w| w.raw.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn listwise(args: &ListwiseArgs) -> anyhow::Result<()> {
+    let passages = read_docs(&args.docs)?;
+    let window = window_config(args, passages.len())?;
+    let config = ListwiseConfig {
+        prompt: args.prompt.into(),
+        mode: args.mode.into(),
+        window,
+        max_new_tokens: args.max_new_tokens,
+        max_reasoning_tokens: args.max_reasoning_tokens,
+    };
+    let started = Instant::now();
+    let lm = args.model.load()?;
+    let reranker = ListwiseReranker::new(Arc::new(lm), None, config)?;
+    let loaded = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let outcome = reranker.rerank(&Query::new(args.query.clone()), &passages)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let generated: usize = outcome.windows.iter().map(|w| w.generated_tokens).sum();
+    let windows = outcome.windows.len();
+    eprintln!(
+        "loaded in {loaded:.2} s; reranked {} passages in {windows} window{} in {seconds:.3} s ({generated} tokens generated)",
+        passages.len(),
+        if windows == 1 { "" } else { "s" }
+    );
+    if let Some(reason) = &outcome.failure {
+        eprintln!("warning: the listwise pass stopped early, keeping the order reached: {reason}");
+    }
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        let json = ListwiseJson {
+            permutation: &outcome.order,
+            raw: joined_raw(&outcome),
+            windows: &outcome.windows,
+            failure: outcome.failure.as_deref(),
+        };
+        writeln!(stdout, "{}", serde_json::to_string(&json)?)?;
+        return Ok(());
+    }
+    if passages.is_empty() {
+        return Ok(());
+    }
+    let id_width = passages
+        .iter()
+        .map(|p| p.id.as_deref().map_or(1, |id| id.chars().count()))
+        .max()
+        .unwrap_or(2)
+        .clamp(2, 32);
+    writeln!(
+        stdout,
+        "{:>4}  {:>5}  {:<id_width$}  passage",
+        "rank", "index", "id"
+    )?;
+    for (rank, &i) in outcome.order.iter().enumerate() {
+        let p = &passages[i];
+        writeln!(
+            stdout,
+            "{:>4}  {:>5}  {:<id_width$}  {}",
+            rank + 1,
+            i,
+            p.id.as_deref().unwrap_or("-"),
+            snippet(p, 60)
+        )?;
+    }
+    for (k, w) in outcome.windows.iter().enumerate() {
+        writeln!(
+            stdout,
+            "\nwindow {} (ranks {}-{}, {} ids parsed, {} prompt tokens, {} generated):",
+            k + 1,
+            w.start + 1,
+            w.end,
+            w.parsed_ids,
+            w.prompt_tokens,
+            w.generated_tokens
+        )?;
+        if !w.raw.is_empty() {
+            writeln!(stdout, "{}", w.raw)?;
+        }
+        if let Some(reason) = &w.failure {
+            writeln!(stdout, "failure: {reason}")?;
+        }
+    }
+    if let Some(reason) = &outcome.failure {
+        writeln!(stdout, "\nstopped early: {reason}")?;
+    }
+    Ok(())
+}
+
 #[derive(Args, Debug)]
 struct RecipesArgs {
     /// Print the recipes as JSON (the format `score --recipe FILE.json` reads).
@@ -513,6 +728,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Generate(args) => generate(args),
         Command::Score(args) => score(args),
+        Command::Listwise(args) => listwise(args),
         Command::Recipes(args) => recipes(args),
     };
     match result {
