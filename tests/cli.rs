@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use dear::dear_core::{
-    AdapterMode, LanguageModel, LoadOptions, Passage, PointwiseConfig, PointwiseScorer, Query,
-    Recipe,
+    AdapterMode, LanguageModel, ListwiseConfig, ListwiseMode, ListwisePrompt, ListwiseReranker,
+    LoadOptions, Passage, PointwiseConfig, PointwiseScorer, Query, Recipe, WindowConfig,
 };
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -582,5 +582,336 @@ fn recipes_are_listed() -> TestResult {
             && text.contains("yes-no"),
         "{text}"
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// `dear listwise`
+//
+// Listwise prompts are far longer than the tiny fixtures' 128 positions, so these
+// run on the default model (`bash scripts/fetch-model.sh`); they fail, not skip,
+// when it is missing.
+
+fn default_model() -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let path = dear::dear_core::default_model_path();
+    if !path.is_file() {
+        return Err(format!(
+            "the default model is missing at {}: run `bash scripts/fetch-model.sh`",
+            path.display()
+        )
+        .into());
+    }
+    Ok(path)
+}
+
+/// Runs `dear listwise --query QUERY --docs DOCS ARGS`; asserts success and
+/// returns stdout (stderr must carry the timings).
+fn listwise_run(docs: &Path, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
+    let out = dear()
+        .args(["listwise", "--query", QUERY, "--docs"])
+        .arg(docs)
+        .args(args)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?}: {stderr}");
+    assert!(
+        stderr.contains("window") && stderr.contains(" s"),
+        "{stderr}"
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// `dear listwise ARGS --json`, parsed; the output is exactly one line.
+fn listwise_json(
+    docs: &Path,
+    args: &[&str],
+) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let stdout = listwise_run(docs, &all)?;
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let json: serde_json::Value = serde_json::from_str(&stdout)?;
+    assert!(json.get("raw").is_some_and(|r| r.is_string()), "{json}");
+    assert!(json.get("failure").is_some_and(|f| f.is_null()), "{json}");
+    Ok(json)
+}
+
+fn permutation_of(json: &serde_json::Value) -> Result<Vec<usize>, Box<dyn std::error::Error>> {
+    json["permutation"]
+        .as_array()
+        .ok_or("no permutation")?
+        .iter()
+        .map(|v| Ok(v.as_u64().ok_or("not an index")? as usize))
+        .collect()
+}
+
+fn assert_permutation(p: &[usize], n: usize) {
+    let mut sorted = p.to_vec();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..n).collect::<Vec<_>>(), "{p:?}");
+}
+
+/// The ids of a raw answer of exactly the form `[a] > [b] > …`.
+fn ranking_ids(raw: &str) -> Vec<usize> {
+    raw.split(" > ")
+        .map(|part| {
+            part.strip_prefix('[')
+                .and_then(|p| p.strip_suffix(']'))
+                .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|digits| digits.parse().ok())
+                .unwrap_or_else(|| panic!("{part:?} in {raw:?} is not [id]"))
+        })
+        .collect()
+}
+
+/// `--mode first-token` gives the library's order, for both prompts and with
+/// several windows; the table shows the same order.
+#[test]
+fn listwise_first_token_matches_the_library() -> TestResult {
+    let model = default_model()?;
+    let dir = tempfile::tempdir()?;
+    let docs = write_docs(dir.path(), "docs.jsonl", DOCS.as_bytes())?;
+    let lm = std::sync::Arc::new(LanguageModel::load(
+        &model.to_string_lossy(),
+        &LoadOptions::default(),
+    )?);
+    let passages = docs_passages();
+    let n = passages.len();
+    let cases: [(&[&str], ListwisePrompt, WindowConfig); 3] = [
+        (&[], ListwisePrompt::RankLlm, WindowConfig::top(n)),
+        (
+            &["--prompt", "plain"],
+            ListwisePrompt::Plain,
+            WindowConfig::top(n),
+        ),
+        (
+            &["--window", "2", "--step", "1"],
+            ListwisePrompt::RankLlm,
+            WindowConfig {
+                rank_start: 0,
+                rank_end: n,
+                window: 2,
+                step: 1,
+            },
+        ),
+    ];
+    let mut plain_order = Vec::new();
+    for (extra, prompt, window) in cases {
+        let mut args = vec!["--mode", "first-token"];
+        args.extend_from_slice(extra);
+        let json = listwise_json(&docs, &args)?;
+        let cli = permutation_of(&json)?;
+        assert_permutation(&cli, n);
+        let config = ListwiseConfig {
+            prompt,
+            mode: ListwiseMode::FirstToken,
+            window,
+            ..ListwiseConfig::default()
+        };
+        let lib = ListwiseReranker::new(lm.clone(), None, config)?
+            .rerank(&Query::new(QUERY), &passages)?;
+        assert_eq!(lib.failure, None);
+        assert_eq!(cli, lib.order, "{args:?}");
+        let windows = json["windows"].as_array().ok_or("no windows")?;
+        assert_eq!(windows.len(), lib.windows.len(), "{json}");
+        let spans: Vec<(u64, u64)> = windows
+            .iter()
+            .map(|w| {
+                (
+                    w["start"].as_u64().unwrap_or(99),
+                    w["end"].as_u64().unwrap_or(99),
+                )
+            })
+            .collect();
+        let lib_spans: Vec<(u64, u64)> = lib
+            .windows
+            .iter()
+            .map(|w| (w.start as u64, w.end as u64))
+            .collect();
+        assert_eq!(spans, lib_spans);
+        // First-token mode writes nothing: one empty raw text per window.
+        assert_eq!(json["raw"], "\n".repeat(lib.windows.len() - 1), "{json}");
+        if window.window == 2 {
+            // Windows of 2 slide up by 1 from the bottom.
+            assert_eq!(spans, vec![(2, 4), (1, 3), (0, 2)]);
+        }
+        if prompt == ListwisePrompt::Plain {
+            plain_order = cli;
+        }
+    }
+    // The table: rank, input index, id, passage, then the window.
+    let text = listwise_run(&docs, &["--mode", "first-token", "--prompt", "plain"])?;
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].contains("rank") && lines[0].contains("index") && lines[0].contains("id"),
+        "{text}"
+    );
+    let indices: Vec<usize> = lines[1..=n]
+        .iter()
+        .enumerate()
+        .map(|(k, line)| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(fields[0], (k + 1).to_string(), "{line}");
+            fields[1].parse().map_err(|e| format!("{line}: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    assert_eq!(indices, plain_order, "{text}");
+    assert!(
+        text.contains("Rain: Rain forms when droplets coalesce."),
+        "{text}"
+    );
+    assert!(text.contains("window 1 (ranks 1-4"), "{text}");
+    Ok(())
+}
+
+/// `--mode constrained`: the raw answer is exactly a full ranking, 1-based for
+/// rankllm and 0-based for plain, and the permutation is the one it writes.
+#[test]
+fn listwise_constrained_writes_a_full_ranking() -> TestResult {
+    default_model()?;
+    let dir = tempfile::tempdir()?;
+    let docs = write_docs(dir.path(), "docs.jsonl", DOCS.as_bytes())?;
+    let n = docs_passages().len();
+    for (prompt, first) in [("rankllm", 1), ("plain", 0)] {
+        let json = listwise_json(&docs, &["--mode", "constrained", "--prompt", prompt])?;
+        let permutation = permutation_of(&json)?;
+        assert_permutation(&permutation, n);
+        let raw = json["raw"].as_str().ok_or("no raw")?;
+        let ids = ranking_ids(raw);
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            sorted,
+            (first..first + n).collect::<Vec<_>>(),
+            "{prompt}: {raw}"
+        );
+        let from_raw: Vec<usize> = ids.iter().map(|id| id - first).collect();
+        assert_eq!(permutation, from_raw, "{prompt}: {raw}");
+        assert_eq!(json["windows"][0]["parsed_ids"], n, "{json}");
+    }
+    Ok(())
+}
+
+/// One passage is its own ranking; zero passages give an empty one.
+#[test]
+fn listwise_one_and_zero_docs() -> TestResult {
+    default_model()?;
+    let dir = tempfile::tempdir()?;
+    let one = write_docs(
+        dir.path(),
+        "one.jsonl",
+        br#"{"id": "only", "text": "Rain forms when droplets coalesce."}"#,
+    )?;
+    let json = listwise_json(&one, &[])?;
+    assert_eq!(permutation_of(&json)?, vec![0], "{json}");
+    assert_eq!(json["raw"], "", "{json}");
+    let none = write_docs(dir.path(), "none.jsonl", b"\n \n")?;
+    for mode in ["generate", "constrained", "first-token"] {
+        let json = listwise_json(&none, &["--mode", mode])?;
+        assert_eq!(permutation_of(&json)?, Vec::<usize>::new(), "{json}");
+        assert_eq!(json["raw"], "", "{json}");
+        assert_eq!(listwise_run(&none, &["--mode", mode])?, "");
+    }
+    Ok(())
+}
+
+/// A model that cannot read the prompt (the tiny fixture holds 128 positions):
+/// the incoming order, exit 0, and the reason on stderr and in the JSON.
+#[test]
+fn listwise_failure_keeps_the_incoming_order() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let docs = write_docs(dir.path(), "docs.jsonl", DOCS.as_bytes())?;
+    let out = dear()
+        .args(["listwise", "--query", QUERY, "--json", "--model"])
+        .arg(fixture("tiny-gqa"))
+        .arg("--docs")
+        .arg(&docs)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("context window"), "{stderr}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(permutation_of(&json)?, vec![0, 1, 2, 3], "{json}");
+    assert!(
+        json["failure"]
+            .as_str()
+            .is_some_and(|f| f.contains("context window")),
+        "{json}"
+    );
+    Ok(())
+}
+
+/// Bad window flags and bad docs fail before any model is loaded, naming the
+/// flag or the line.
+#[test]
+fn listwise_bad_input_fails_with_a_message() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let docs = write_docs(dir.path(), "docs.jsonl", DOCS.as_bytes())?;
+    let fail = |docs: &Path, args: &[&str]| -> Result<String, Box<dyn std::error::Error>> {
+        let out = dear()
+            .args([
+                "listwise",
+                "--query",
+                QUERY,
+                "--model",
+                "/no/such/model.gguf",
+                "--docs",
+            ])
+            .arg(docs)
+            .args(args)
+            .output()?;
+        assert!(!out.status.success(), "{args:?} was accepted");
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    for (args, wanted) in [
+        (&["--window", "0"][..], "`window` must be at least 1"),
+        (
+            &["--window", "4", "--step", "0"][..],
+            "`step` must be at least 1",
+        ),
+        (
+            &["--window", "2", "--step", "3"][..],
+            "must not exceed `window`",
+        ),
+        (
+            &["--rank-end", "0"][..],
+            "`rank_start` (0) must be below `rank_end` (0)",
+        ),
+        (&["--mode", "sideways"][..], "sideways"),
+        (&["--prompt", "fancy"][..], "fancy"),
+    ] {
+        let err = fail(&docs, args)?;
+        assert!(err.contains(wanted), "{args:?}: {err}");
+        assert!(!err.contains("/no/such/model.gguf"), "{args:?}: {err}");
+    }
+    let err = fail(&docs, &["--window", "0"])?;
+    assert!(err.contains("--window 0"), "{err}");
+    let none = write_docs(dir.path(), "none.jsonl", b"")?;
+    let err = fail(&none, &["--window", "0"])?;
+    assert!(err.contains("`window` must be at least 1"), "{err}");
+
+    let broken = write_docs(
+        dir.path(),
+        "broken.jsonl",
+        b"{\"text\": \"ok\"}\n\n{\"text\": \"unclosed\n",
+    )?;
+    let err = fail(&broken, &[])?;
+    assert!(
+        err.contains("broken.jsonl") && err.contains("line 3") && err.contains("invalid JSON"),
+        "{err}"
+    );
+    let notext = write_docs(
+        dir.path(),
+        "notext.jsonl",
+        b"{\"text\": \"ok\"}\n{\"id\": \"x\"}\n",
+    )?;
+    let err = fail(&notext, &[])?;
+    assert!(
+        err.contains("notext.jsonl") && err.contains("line 2") && err.contains("`text`"),
+        "{err}"
+    );
+    // A good file reaches the model, whose absence is then the error.
+    let err = fail(&docs, &[])?;
+    assert!(err.contains("/no/such/model.gguf"), "{err}");
     Ok(())
 }
