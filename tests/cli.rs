@@ -664,42 +664,91 @@ fn ranking_ids(raw: &str) -> Vec<usize> {
         .collect()
 }
 
-/// `--mode first-token` gives the library's order, for both prompts and with
-/// several windows; the table shows the same order.
+/// Three passages the default model reorders under `--prompt plain --mode
+/// first-token` (the rain passage is not first), so agreeing with the library
+/// means something.
+const SHUFFLED_DOCS: &str = concat!(
+    r#"{"id": "paris", "text": "Paris is the capital of France."}"#,
+    "\n",
+    r#"{"id": "sky", "text": "The sky is blue because of scattering."}"#,
+    "\n",
+    r#"{"id": "rain", "title": "Rain", "text": "Rain forms when water droplets in clouds coalesce and fall."}"#,
+    "\n",
+);
+
+fn shuffled_passages() -> Vec<Passage> {
+    vec![
+        Passage::new("Paris is the capital of France.").with_id("paris"),
+        Passage::new("The sky is blue because of scattering.").with_id("sky"),
+        Passage::new("Rain forms when water droplets in clouds coalesce and fall.")
+            .with_title("Rain")
+            .with_id("rain"),
+    ]
+}
+
+/// `--mode first-token` gives the library's order (in the same process), for both
+/// prompts and with several windows; the table shows the same order.
 #[test]
 fn listwise_first_token_matches_the_library() -> TestResult {
     let model = default_model()?;
     let dir = tempfile::tempdir()?;
     let docs = write_docs(dir.path(), "docs.jsonl", DOCS.as_bytes())?;
+    let shuffled = write_docs(dir.path(), "shuffled.jsonl", SHUFFLED_DOCS.as_bytes())?;
     let lm = std::sync::Arc::new(LanguageModel::load(
         &model.to_string_lossy(),
         &LoadOptions::default(),
     )?);
-    let passages = docs_passages();
-    let n = passages.len();
-    let cases: [(&[&str], ListwisePrompt, WindowConfig); 3] = [
-        (&[], ListwisePrompt::RankLlm, WindowConfig::top(n)),
+    let (docs_list, shuffled_list) = (docs_passages(), shuffled_passages());
+    let windows_of_two = WindowConfig {
+        rank_start: 0,
+        rank_end: 4,
+        window: 2,
+        step: 1,
+    };
+    type Case<'a> = (
+        &'a Path,
+        &'a [Passage],
+        &'a [&'a str],
+        ListwisePrompt,
+        WindowConfig,
+    );
+    let cases: [Case; 4] = [
         (
+            &docs,
+            &docs_list,
+            &[],
+            ListwisePrompt::RankLlm,
+            WindowConfig::top(4),
+        ),
+        (
+            &docs,
+            &docs_list,
             &["--prompt", "plain"],
             ListwisePrompt::Plain,
-            WindowConfig::top(n),
+            WindowConfig::top(4),
         ),
         (
+            &docs,
+            &docs_list,
             &["--window", "2", "--step", "1"],
             ListwisePrompt::RankLlm,
-            WindowConfig {
-                rank_start: 0,
-                rank_end: n,
-                window: 2,
-                step: 1,
-            },
+            windows_of_two,
+        ),
+        (
+            &shuffled,
+            &shuffled_list,
+            &["--prompt", "plain"],
+            ListwisePrompt::Plain,
+            WindowConfig::top(3),
         ),
     ];
-    let mut plain_order = Vec::new();
-    for (extra, prompt, window) in cases {
+    let mut reordered = 0;
+    let mut shuffled_order = Vec::new();
+    for (docs, passages, extra, prompt, window) in cases {
+        let n = passages.len();
         let mut args = vec!["--mode", "first-token"];
         args.extend_from_slice(extra);
-        let json = listwise_json(&docs, &args)?;
+        let json = listwise_json(docs, &args)?;
         let cli = permutation_of(&json)?;
         assert_permutation(&cli, n);
         let config = ListwiseConfig {
@@ -709,11 +758,13 @@ fn listwise_first_token_matches_the_library() -> TestResult {
             ..ListwiseConfig::default()
         };
         let lib = ListwiseReranker::new(lm.clone(), None, config)?
-            .rerank(&Query::new(QUERY), &passages)?;
+            .rerank(&Query::new(QUERY), passages)?;
         assert_eq!(lib.failure, None);
         assert_eq!(cli, lib.order, "{args:?}");
+        if cli != (0..n).collect::<Vec<_>>() {
+            reordered += 1;
+        }
         let windows = json["windows"].as_array().ok_or("no windows")?;
-        assert_eq!(windows.len(), lib.windows.len(), "{json}");
         let spans: Vec<(u64, u64)> = windows
             .iter()
             .map(|w| {
@@ -729,38 +780,44 @@ fn listwise_first_token_matches_the_library() -> TestResult {
             .map(|w| (w.start as u64, w.end as u64))
             .collect();
         assert_eq!(spans, lib_spans);
-        // First-token mode writes nothing: one empty raw text per window.
-        assert_eq!(json["raw"], "\n".repeat(lib.windows.len() - 1), "{json}");
         if window.window == 2 {
             // Windows of 2 slide up by 1 from the bottom.
             assert_eq!(spans, vec![(2, 4), (1, 3), (0, 2)]);
+        } else {
+            assert_eq!(spans, vec![(0, n as u64)]);
         }
-        if prompt == ListwisePrompt::Plain {
-            plain_order = cli;
+        // First-token mode writes nothing: one empty raw text per window.
+        assert_eq!(json["raw"], "\n".repeat(spans.len() - 1), "{json}");
+        if n == 3 {
+            shuffled_order = cli;
         }
     }
+    assert!(reordered > 0, "every case kept the incoming order");
     // The table: rank, input index, id, passage, then the window.
-    let text = listwise_run(&docs, &["--mode", "first-token", "--prompt", "plain"])?;
+    let text = listwise_run(&shuffled, &["--mode", "first-token", "--prompt", "plain"])?;
     let lines: Vec<&str> = text.lines().collect();
     assert!(
         lines[0].contains("rank") && lines[0].contains("index") && lines[0].contains("id"),
         "{text}"
     );
-    let indices: Vec<usize> = lines[1..=n]
+    let ids = ["paris", "sky", "rain"];
+    let indices: Vec<usize> = lines[1..=3]
         .iter()
         .enumerate()
         .map(|(k, line)| {
             let fields: Vec<&str> = line.split_whitespace().collect();
             assert_eq!(fields[0], (k + 1).to_string(), "{line}");
-            fields[1].parse().map_err(|e| format!("{line}: {e}"))
+            let index: usize = fields[1].parse().map_err(|e| format!("{line}: {e}"))?;
+            assert_eq!(fields.get(2), ids.get(index), "{line}");
+            Ok::<_, String>(index)
         })
         .collect::<Result<_, _>>()?;
-    assert_eq!(indices, plain_order, "{text}");
+    assert_eq!(indices, shuffled_order, "{text}");
     assert!(
-        text.contains("Rain: Rain forms when droplets coalesce."),
+        text.contains("Rain: Rain forms when water droplets"),
         "{text}"
     );
-    assert!(text.contains("window 1 (ranks 1-4"), "{text}");
+    assert!(text.contains("window 1 (ranks 1-3"), "{text}");
     Ok(())
 }
 

@@ -16,11 +16,21 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use common::{Collection, Res};
-use dear_core::{LanguageModel, ListwiseConfig, ListwiseMode, ListwiseReranker, LoadOptions, Query};
+use dear_core::{
+    LanguageModel, ListwiseConfig, ListwiseMode, ListwiseReranker, LoadOptions, Query,
+};
 
 fn main() -> Res<()> {
-    let dir = std::path::PathBuf::from(std::env::args().nth(1).unwrap_or("../shared/data/scifact".into()));
-    let n: usize = std::env::args().nth(2).map(|s| s.parse()).transpose()?.unwrap_or(8);
+    let dir = std::path::PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .unwrap_or("../shared/data/scifact".into()),
+    );
+    let n: usize = std::env::args()
+        .nth(2)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(8);
     let c = Collection::load(&dir)?;
     let lm = Arc::new(LanguageModel::load(
         &dear_core::default_model_path().to_string_lossy(),
@@ -28,11 +38,27 @@ fn main() -> Res<()> {
     )?);
     let queries: Vec<_> = c.queries.iter().take(n).collect();
     let pools: Vec<Vec<usize>> = queries.iter().map(|(_, t)| c.bm25(t, 20)).collect();
-    let bm25: f64 = queries.iter().zip(&pools).map(|((q, _), p)| c.ndcg10(q, p)).sum::<f64>();
-    println!("{} queries of {}, one window over the BM25 top 20", queries.len(), dir.display());
+    let bm25: f64 = queries
+        .iter()
+        .zip(&pools)
+        .map(|((q, _), p)| c.ndcg10(q, p))
+        .sum::<f64>();
+    println!(
+        "{} queries of {}, one window over the BM25 top 20",
+        queries.len(),
+        dir.display()
+    );
     println!("{:<12} nDCG@10 {:.4}", "BM25", bm25 / queries.len() as f64);
-    for mode in [ListwiseMode::FirstToken, ListwiseMode::Constrained, ListwiseMode::Generate] {
-        let cfg = ListwiseConfig { mode, max_new_tokens: 128, ..ListwiseConfig::default() };
+    for mode in [
+        ListwiseMode::FirstToken,
+        ListwiseMode::Constrained,
+        ListwiseMode::Generate,
+    ] {
+        let cfg = ListwiseConfig {
+            mode,
+            max_new_tokens: 128,
+            ..ListwiseConfig::default()
+        };
         let r = ListwiseReranker::new(lm.clone(), None, cfg)?;
         let (mut sum, mut unparsed, mut generated) = (0.0, 0, 0);
         let started = Instant::now();
@@ -40,7 +66,11 @@ fn main() -> Res<()> {
             let passages: Vec<_> = pool.iter().map(|&i| c.passage(i)).collect();
             let out = r.rerank(&Query::new(text.clone()), &passages)?;
             unparsed += out.windows.iter().filter(|w| w.parsed_ids == 0).count();
-            generated += out.windows.iter().map(|w| w.generated_tokens).sum::<usize>();
+            generated += out
+                .windows
+                .iter()
+                .map(|w| w.generated_tokens)
+                .sum::<usize>();
             let ranked: Vec<usize> = out.order.iter().map(|&k| pool[k]).collect();
             sum += c.ndcg10(qid, &ranked);
         }

@@ -19,8 +19,16 @@ use common::{Collection, Res};
 use dear_core::{Head, LanguageModel, LoadOptions, PointwiseConfig, PointwiseScorer, Query};
 
 fn main() -> Res<()> {
-    let dir = std::path::PathBuf::from(std::env::args().nth(1).unwrap_or("../shared/data/scifact".into()));
-    let n_queries: usize = std::env::args().nth(2).map(|s| s.parse()).transpose()?.unwrap_or(30);
+    let dir = std::path::PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .unwrap_or("../shared/data/scifact".into()),
+    );
+    let n_queries: usize = std::env::args()
+        .nth(2)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(30);
     let c = Collection::load(&dir)?;
     let lm = Arc::new(LanguageModel::load(
         &dear_core::default_model_path().to_string_lossy(),
@@ -58,11 +66,30 @@ fn main() -> Res<()> {
     ];
     let judged: Vec<&(String, String)> = c.queries.iter().take(n_queries).collect();
     let pools: Vec<Vec<usize>> = judged.iter().map(|(_, t)| c.bm25(t, 20)).collect();
-    let bm25_sum: f64 = judged.iter().zip(&pools).map(|((q, _), p)| c.ndcg10(q, p)).sum();
-    println!("{} queries of {}, 20 BM25 candidates each", judged.len(), dir.display());
-    println!("{:<24} nDCG@10 {:.4}", "BM25", bm25_sum / judged.len() as f64);
+    let bm25_sum: f64 = judged
+        .iter()
+        .zip(&pools)
+        .map(|((q, _), p)| c.ndcg10(q, p))
+        .sum();
+    println!(
+        "{} queries of {}, 20 BM25 candidates each",
+        judged.len(),
+        dir.display()
+    );
+    println!(
+        "{:<24} nDCG@10 {:.4}",
+        "BM25",
+        bm25_sum / judged.len() as f64
+    );
     for (name, head) in prompts {
-        let scorer = PointwiseScorer::new(lm.clone(), None, PointwiseConfig { head, ..PointwiseConfig::yes_no() })?;
+        let scorer = PointwiseScorer::new(
+            lm.clone(),
+            None,
+            PointwiseConfig {
+                head,
+                ..PointwiseConfig::yes_no()
+            },
+        )?;
         let started = Instant::now();
         let mut sum = 0.0;
         let mut passages_scored = 0;

@@ -197,7 +197,7 @@ fn listwise_and_pointwise_adapters_share_one_base() -> TestResult {
     assert_eq!(out.tokens, ids(&exp["causal"]["unmerged"]["greedy"])[0]);
     // Without the adapter the base's own continuation differs.
     let plain = lm.llama().forward(
-        &Batch::from_sequences(&[input.clone()])?,
+        &Batch::from_sequences(std::slice::from_ref(&input))?,
         &mut [],
         Outputs::last_logits(),
     )?;

@@ -49,7 +49,10 @@ impl Collection {
             })
             .collect();
         let mut qrels: HashMap<String, HashMap<String, u32>> = HashMap::new();
-        for line in std::fs::read_to_string(dir.join("qrels/test.tsv"))?.lines().skip(1) {
+        for line in std::fs::read_to_string(dir.join("qrels/test.tsv"))?
+            .lines()
+            .skip(1)
+        {
             let f: Vec<&str> = line.split('\t').collect();
             if f.len() == 3 {
                 qrels
@@ -76,7 +79,10 @@ impl Collection {
                 m
             })
             .collect();
-        let lens: Vec<f64> = doc_terms.iter().map(|m| m.values().sum::<u32>() as f64).collect();
+        let lens: Vec<f64> = doc_terms
+            .iter()
+            .map(|m| m.values().sum::<u32>() as f64)
+            .collect();
         let avg_len = lens.iter().sum::<f64>() / lens.len().max(1) as f64;
         let mut df: HashMap<String, u32> = HashMap::new();
         for m in &doc_terms {
@@ -84,7 +90,15 @@ impl Collection {
                 *df.entry(w.clone()).or_insert(0) += 1;
             }
         }
-        Ok(Self { docs, queries, qrels, doc_terms, lens, avg_len, df })
+        Ok(Self {
+            docs,
+            queries,
+            qrels,
+            doc_terms,
+            lens,
+            avg_len,
+            df,
+        })
     }
 
     /// Indices of the `k` best documents for `query` by BM25.
@@ -102,7 +116,10 @@ impl Collection {
                         let tf = *m.get(t)? as f64;
                         let d = *self.df.get(t)? as f64;
                         let idf = ((n - d + 0.5) / (d + 0.5) + 1.0).ln();
-                        Some(idf * tf * 1.9 / (tf + 0.9 * (1.0 - 0.4 + 0.4 * self.lens[i] / self.avg_len)))
+                        Some(
+                            idf * tf * 1.9
+                                / (tf + 0.9 * (1.0 - 0.4 + 0.4 * self.lens[i] / self.avg_len)),
+                        )
                     })
                     .sum();
                 (i, s)
@@ -114,7 +131,9 @@ impl Collection {
 
     /// nDCG@10 of a ranked list of document indices for a query.
     pub fn ndcg10(&self, qid: &str, ranked: &[usize]) -> f64 {
-        let Some(rel) = self.qrels.get(qid) else { return 0.0 };
+        let Some(rel) = self.qrels.get(qid) else {
+            return 0.0;
+        };
         let gain = |g: u32| 2f64.powf(g as f64) - 1.0;
         let dcg: f64 = ranked
             .iter()
@@ -124,8 +143,17 @@ impl Collection {
             .sum();
         let mut gains: Vec<u32> = rel.values().copied().filter(|g| *g > 0).collect();
         gains.sort_unstable_by(|a, b| b.cmp(a));
-        let idcg: f64 = gains.iter().take(10).enumerate().map(|(i, &g)| gain(g) / ((i + 2) as f64).log2()).sum();
-        if idcg == 0.0 { 0.0 } else { dcg / idcg }
+        let idcg: f64 = gains
+            .iter()
+            .take(10)
+            .enumerate()
+            .map(|(i, &g)| gain(g) / ((i + 2) as f64).log2())
+            .sum();
+        if idcg == 0.0 {
+            0.0
+        } else {
+            dcg / idcg
+        }
     }
 
     pub fn passage(&self, i: usize) -> dear_core::Passage {
