@@ -383,6 +383,22 @@ impl Llama {
             .map(AdapterId)
     }
 
+    /// The adapter called `name` (`None` for the base alone).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the loaded adapters when none is called `name`.
+    pub fn adapter_named(&self, name: Option<&str>) -> crate::Result<Option<AdapterId>> {
+        match name {
+            None => Ok(None),
+            Some(name) => self.adapter(name).map(Some).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "no unmerged adapter named '{name}' (loaded: {:?})",
+                    self.adapter_names()
+                ))
+            }),
+        }
+    }
+
     /// The names of the unmerged adapters, in [`AdapterId`] order.
     pub fn adapter_names(&self) -> Vec<&str> {
         self.adapters.iter().map(|a| a.name.as_str()).collect()

@@ -152,15 +152,7 @@ impl ListwiseReranker {
         adapter: Option<&str>,
         config: ListwiseConfig,
     ) -> crate::Result<Self> {
-        let adapter = match adapter {
-            None => None,
-            Some(name) => Some(lm.llama().adapter(name).ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "no unmerged adapter named '{name}' (loaded: {:?})",
-                    lm.llama().adapter_names()
-                ))
-            })?),
-        };
+        let adapter = lm.llama().adapter_named(adapter)?;
         if config.window.window == 0 || config.window.step == 0 {
             return Err(Error::InvalidArgument(
                 "window and step must be greater than 0".into(),

@@ -157,15 +157,7 @@ impl PointwiseScorer {
         adapter: Option<&str>,
         config: PointwiseConfig,
     ) -> crate::Result<Self> {
-        let adapter = match adapter {
-            None => None,
-            Some(name) => Some(lm.llama().adapter(name).ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "no unmerged adapter named '{name}' (loaded: {:?})",
-                    lm.llama().adapter_names()
-                ))
-            })?),
-        };
+        let adapter = lm.llama().adapter_named(adapter)?;
         if config.q_max_len == 0 || config.p_max_len < 4 || config.max_batch_tokens == 0 {
             return Err(Error::InvalidArgument(
                 "q_max_len must be > 0, p_max_len >= 4 and max_batch_tokens > 0".into(),
