@@ -88,3 +88,18 @@ pub fn scratch_copy(name: &str) -> tempfile::TempDir {
     }
     dir
 }
+
+/// Pearson correlation of two equally long vectors.
+pub fn pearson(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len() as f64;
+    let ma = a.iter().map(|x| *x as f64).sum::<f64>() / n;
+    let mb = b.iter().map(|x| *x as f64).sum::<f64>() / n;
+    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
+    for (x, y) in a.iter().zip(b) {
+        let (dx, dy) = (*x as f64 - ma, *y as f64 - mb);
+        ab += dx * dy;
+        aa += dx * dx;
+        bb += dy * dy;
+    }
+    ab / (aa.sqrt() * bb.sqrt())
+}

@@ -10,7 +10,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use dear_core::{Batch, LanguageModel, LoadOptions, Outputs, Quantization};
 
-use crate::common::{expected, fixture, floats, ids, max_abs_diff, TestResult};
+use crate::common::{expected, fixture, floats, ids, max_abs_diff, pearson, TestResult};
 
 /// llama.cpp's `permute(w, n_head)`: transformers row `h*hd + t*hd/2 + j` goes to
 /// GGUF row `h*hd + 2j + t`.
@@ -124,22 +124,6 @@ fn write_gguf(path: &std::path::Path, dtype: GgmlDType) -> TestResult {
     let mut file = std::fs::File::create(path)?;
     gguf_file::write(&mut file, &md, &ts)?;
     Ok(())
-}
-
-fn pearson(a: &[f32], b: &[f32]) -> f64 {
-    let n = a.len() as f64;
-    let (ma, mb) = (
-        a.iter().map(|x| *x as f64).sum::<f64>() / n,
-        b.iter().map(|x| *x as f64).sum::<f64>() / n,
-    );
-    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
-    for (x, y) in a.iter().zip(b) {
-        let (dx, dy) = (*x as f64 - ma, *y as f64 - mb);
-        ab += dx * dy;
-        aa += dx * dx;
-        bb += dy * dy;
-    }
-    ab / (aa.sqrt() * bb.sqrt())
 }
 
 #[test]

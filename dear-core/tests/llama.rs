@@ -6,7 +6,7 @@ use dear_core::{
     Select, WeightDType,
 };
 
-use crate::common::{expected, fixture, floats, ids, max_abs_diff, TestResult};
+use crate::common::{expected, fixture, floats, ids, max_abs_diff, pearson, TestResult};
 
 const FIXTURES: &[&str] = &[
     "tiny-gqa",
@@ -175,20 +175,6 @@ fn bf16_dtype_is_close() -> TestResult {
         "bf16 logits differ by {d} (scale {scale})"
     );
     Ok(())
-}
-
-fn pearson(a: &[f32], b: &[f32]) -> f64 {
-    let n = a.len() as f64;
-    let ma = a.iter().map(|x| *x as f64).sum::<f64>() / n;
-    let mb = b.iter().map(|x| *x as f64).sum::<f64>() / n;
-    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
-    for (x, y) in a.iter().zip(b) {
-        let (dx, dy) = (*x as f64 - ma, *y as f64 - mb);
-        sab += dx * dy;
-        saa += dx * dx;
-        sbb += dy * dy;
-    }
-    sab / (saa.sqrt() * sbb.sqrt())
 }
 
 /// Quantizing at load (q8_0, q4_0) keeps the logits close to the dense reference.
