@@ -437,12 +437,7 @@ fn score(args: &ScoreArgs) -> anyhow::Result<()> {
     }
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-    let id_width = passages
-        .iter()
-        .map(|p| p.id.as_deref().map_or(1, |id| id.chars().count()))
-        .max()
-        .unwrap_or(2)
-        .clamp(2, 32);
+    let id_width = id_column_width(&passages);
     writeln!(
         stdout,
         "{:>4}  {:>10}  {:<id_width$}  passage",
@@ -628,12 +623,7 @@ fn listwise(args: &ListwiseArgs) -> anyhow::Result<()> {
     if passages.is_empty() {
         return Ok(());
     }
-    let id_width = passages
-        .iter()
-        .map(|p| p.id.as_deref().map_or(1, |id| id.chars().count()))
-        .max()
-        .unwrap_or(2)
-        .clamp(2, 32);
+    let id_width = id_column_width(&passages);
     writeln!(
         stdout,
         "{:>4}  {:>5}  {:<id_width$}  passage",
@@ -738,4 +728,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The width of the id column of a table: the longest id, between 2 and 32 characters.
+fn id_column_width(passages: &[Passage]) -> usize {
+    passages
+        .iter()
+        .map(|p| p.id.as_deref().map_or(1, |id| id.chars().count()))
+        .max()
+        .unwrap_or(2)
+        .clamp(2, 32)
 }
