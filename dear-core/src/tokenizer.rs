@@ -524,6 +524,45 @@ impl Tokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// The longest prefix of `text` that encodes to at most `max_tokens` tokens (no
+    /// special tokens added), cut at a token boundary of the original string, so the
+    /// prefix is the text itself, never a decoded approximation.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Tokenizer`] when the tokenizer fails on the input.
+    pub fn truncate_text<'t>(&self, text: &'t str, max_tokens: usize) -> crate::Result<&'t str> {
+        // No token spans more than 64 characters; cutting first keeps huge texts cheap.
+        let cut = match text
+            .char_indices()
+            .nth(max_tokens.saturating_add(1).saturating_mul(64))
+        {
+            Some((i, _)) => &text[..i],
+            None => text,
+        };
+        let encoding = self
+            .inner
+            .encode(cut, false)
+            .map_err(|e| Error::tokenizer(format!("encoding with {}", self.origin), e))?;
+        if encoding.get_ids().len() <= max_tokens && cut.len() == text.len() {
+            return Ok(text);
+        }
+        if max_tokens == 0 {
+            return Ok(&text[..0]);
+        }
+        let offsets = encoding.get_offsets();
+        let mut end = max_tokens
+            .min(offsets.len())
+            .checked_sub(1)
+            .and_then(|last| offsets.get(last))
+            .map_or(0, |&(_, end)| end)
+            .min(cut.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        Ok(&text[..end])
+    }
+
     /// Decodes token ids into text; with `skip_special_tokens`, special tokens are left out.
     /// Ids outside the vocabulary are skipped.
     ///

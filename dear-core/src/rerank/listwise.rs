@@ -20,7 +20,7 @@
 //! reason.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use candle_core::Tensor;
@@ -138,7 +138,7 @@ pub struct ListwiseReranker {
     lm: Arc<LanguageModel>,
     adapter: Option<AdapterId>,
     config: ListwiseConfig,
-    vocab: Option<AnswerVocab>,
+    vocab: OnceLock<AnswerVocab>,
 }
 
 impl ListwiseReranker {
@@ -164,10 +164,10 @@ impl ListwiseReranker {
                 lm.source()
             )));
         }
-        let vocab = match config.mode {
-            ListwiseMode::Constrained => Some(answer_vocab(&lm)?),
-            _ => None,
-        };
+        let vocab = OnceLock::new();
+        if config.mode == ListwiseMode::Constrained {
+            let _ = vocab.set(answer_vocab(&lm)?);
+        }
         Ok(Self {
             lm,
             adapter,
@@ -179,6 +179,17 @@ impl ListwiseReranker {
     /// The settings.
     pub fn config(&self) -> &ListwiseConfig {
         &self.config
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Arc<LanguageModel> {
+        &self.lm
+    }
+
+    /// The name of the unmerged adapter the reranker uses, if any.
+    pub fn adapter_name(&self) -> Option<&str> {
+        self.adapter
+            .and_then(|a| self.lm.llama().adapter_names().get(a.0).copied())
     }
 
     /// Reranks `passages` (in their incoming order, best first) for `query`.
@@ -201,13 +212,40 @@ impl ListwiseReranker {
         passages: &[Passage],
         deadline: Option<Instant>,
     ) -> crate::Result<ListwiseOutcome> {
+        self.rerank_with(
+            query,
+            passages,
+            self.config.mode,
+            &self.config.window,
+            deadline,
+        )
+    }
+
+    /// [`ListwiseReranker::rerank_until`] with this call's own mode and windows in place
+    /// of the configured ones.
+    ///
+    /// # Errors
+    /// As [`ListwiseReranker::rerank`]; [`Error::InvalidArgument`] for windows that fail
+    /// [`WindowConfig::validate`].
+    pub fn rerank_with(
+        &self,
+        query: &Query,
+        passages: &[Passage],
+        mode: ListwiseMode,
+        window: &WindowConfig,
+        deadline: Option<Instant>,
+    ) -> crate::Result<ListwiseOutcome> {
+        window.validate()?;
+        if mode == ListwiseMode::Constrained && self.vocab.get().is_none() {
+            let _ = self.vocab.set(answer_vocab(&self.lm)?);
+        }
         if query.text.trim().is_empty() {
             return Err(Error::EmptyInput("the query is empty".into()));
         }
         let incoming: Vec<usize> = (0..passages.len()).collect();
         let mut reports = Vec::new();
         let mut order_so_far = incoming.clone();
-        let result = slide(incoming, &self.config.window, |window: &[usize]| {
+        let result = slide(incoming, window, |window: &[usize]| {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(Error::DeadlineExceeded {
                     what: "listwise reranking".into(),
@@ -215,7 +253,7 @@ impl ListwiseReranker {
                 });
             }
             let items: Vec<&Passage> = window.iter().map(|&i| &passages[i]).collect();
-            let (order, report) = self.rank_window(query, &items, deadline)?;
+            let (order, report) = self.rank_window(query, &items, mode, deadline)?;
             reports.push(report);
             Ok(order)
         });
@@ -249,6 +287,7 @@ impl ListwiseReranker {
         &self,
         query: &Query,
         items: &[&Passage],
+        mode: ListwiseMode,
         deadline: Option<Instant>,
     ) -> crate::Result<(Vec<usize>, WindowReport)> {
         let n = items.len();
@@ -268,7 +307,7 @@ impl ListwiseReranker {
         if n <= 1 {
             return Ok(((0..n).collect(), report));
         }
-        let order = match self.config.mode {
+        let order = match mode {
             ListwiseMode::Generate => {
                 let opts = GenerateOptions::default()
                     .with_max_new_tokens(self.config.max_new_tokens)
@@ -332,7 +371,7 @@ impl ListwiseReranker {
     ) -> crate::Result<Vec<usize>> {
         let vocab = self
             .vocab
-            .as_ref()
+            .get()
             .ok_or_else(|| Error::InvalidArgument("no answer vocabulary".into()))?;
         let first = match base {
             IdBase::One => 1,

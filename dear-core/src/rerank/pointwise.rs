@@ -224,6 +224,12 @@ impl PointwiseScorer {
         &self.lm
     }
 
+    /// The name of the unmerged adapter the scorer uses, if any.
+    pub fn adapter_name(&self) -> Option<&str> {
+        self.adapter
+            .and_then(|a| self.lm.llama().adapter_names().get(a.0).copied())
+    }
+
     /// The settings.
     pub fn config(&self) -> &PointwiseConfig {
         &self.config

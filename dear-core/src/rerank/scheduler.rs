@@ -100,7 +100,6 @@ impl Reranker {
         passages: &[Passage],
         deadline: Option<Instant>,
     ) -> crate::Result<Vec<f32>> {
-        let started = Instant::now();
         if passages.is_empty() {
             if query.text.trim().is_empty() {
                 return Err(Error::EmptyInput("the query is empty".into()));
@@ -108,6 +107,24 @@ impl Reranker {
             return Ok(Vec::new());
         }
         let encoded = self.scorer.encode(query, passages)?;
+        self.score_encoded_until(encoded, deadline)
+    }
+
+    /// Scores an input already built with [`PointwiseScorer::encode`] (of
+    /// [`Reranker::scorer`]), so a caller can inspect or count its tokens first.
+    ///
+    /// # Errors
+    /// [`Error::DeadlineExceeded`] when the deadline passes first; model errors.
+    pub fn score_encoded_until(
+        &self,
+        encoded: EncodedQuery,
+        deadline: Option<Instant>,
+    ) -> crate::Result<Vec<f32>> {
+        let started = Instant::now();
+        let passages = encoded.suffixes.len();
+        if passages == 0 {
+            return Ok(Vec::new());
+        }
         let (reply, answer) = crossbeam_channel::bounded(1);
         let cancelled = Arc::new(AtomicBool::new(false));
         let sender = self.sender.as_ref().ok_or(Error::Cancelled)?;
@@ -125,7 +142,7 @@ impl Reranker {
                 Err(RecvTimeoutError::Timeout) => {
                     cancelled.store(true, Ordering::Relaxed);
                     return Err(Error::DeadlineExceeded {
-                        what: format!("pointwise scoring of {} passages", passages.len()),
+                        what: format!("pointwise scoring of {passages} passages"),
                         elapsed_ms: started.elapsed().as_millis(),
                     });
                 }

@@ -15,6 +15,8 @@ use dear::dear_core::{
     WindowConfig, WindowReport,
 };
 
+mod search;
+
 /// DeAR reranking for Rust search: Llama inference, pointwise and listwise reranking.
 #[derive(Parser, Debug)]
 #[command(name = "dear", version, about)]
@@ -33,6 +35,12 @@ enum Command {
     Listwise(ListwiseArgs),
     /// List the built-in reranker recipes.
     Recipes(RecipesArgs),
+    /// Build or update a tantivy index from a BEIR corpus or a folder of text files.
+    Index(search::IndexArgs),
+    /// Search an index: BM25, then pointwise and listwise reranking.
+    Search(search::SearchArgs),
+    /// Evaluate the stages on a BEIR dataset (nDCG@10, MRR@10, Recall@100).
+    Eval(search::EvalArgs),
 }
 
 /// Which model to load and how.
@@ -720,6 +728,9 @@ fn main() -> ExitCode {
         Command::Score(args) => score(args),
         Command::Listwise(args) => listwise(args),
         Command::Recipes(args) => recipes(args),
+        Command::Index(args) => search::index(args),
+        Command::Search(args) => search::search(args),
+        Command::Eval(args) => search::eval(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

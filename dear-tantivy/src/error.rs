@@ -1,0 +1,67 @@
+//! The one error type of dear-tantivy.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in dear-tantivy.
+///
+/// Failures of a reranking *stage* are not errors: they are reported in the
+/// [`SearchReport`](crate::SearchReport) and the previous order is kept. Errors are
+/// what prevents the first stage itself (a bad schema, a broken index, a query that
+/// does not parse).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An error of the tantivy index.
+    #[error("tantivy: {0}")]
+    Tantivy(#[from] tantivy::TantivyError),
+    /// The query text does not parse.
+    #[error("the query does not parse: {0}")]
+    QueryParser(#[from] tantivy::query::QueryParserError),
+    /// An error of the model runtime.
+    #[error(transparent)]
+    Model(#[from] dear_core::Error),
+    /// A field named in [`PassageFields`](crate::PassageFields) is not in the schema.
+    #[error("the field does not exist in the schema: '{0}'")]
+    FieldNotFound(String),
+    /// A field exists but cannot serve as what it was asked to be.
+    #[error("the field '{field}' cannot be used: {reason}")]
+    FieldType {
+        /// The field.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// Qrels or a run could not be read or written.
+    #[error(transparent)]
+    Eval(#[from] crate::eval::EvalError),
+    /// An option is out of range.
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+    /// Input data (a corpus, a run, qrels) is malformed.
+    #[error("{}:{line}: {reason}", path.display())]
+    Input {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number (0 when the problem is not on one line).
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A file or folder could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
