@@ -204,13 +204,13 @@ mod tests {
 
     #[test]
     fn paragraphs_are_grouped_and_long_ones_split() {
-        let long = vec!["w"; 25].join(" ");
+        let long = ["w"; 25].join(" ");
         let text = format!("a b c\n\nd e\n\n\n{long}\n\nz");
         let out = split_passages(&text, 10);
         assert_eq!(out[0], "a b c d e");
-        assert_eq!(out[1], vec!["w"; 10].join(" "));
-        assert_eq!(out[2], vec!["w"; 10].join(" "));
-        assert_eq!(out[3], vec!["w"; 5].join(" ") + " z");
+        assert_eq!(out[1], ["w"; 10].join(" "));
+        assert_eq!(out[2], ["w"; 10].join(" "));
+        assert_eq!(out[3], ["w"; 5].join(" ") + " z");
         assert_eq!(out.len(), 4);
         assert!(split_passages(" \n\n ", 10).is_empty());
     }

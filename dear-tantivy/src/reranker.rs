@@ -420,6 +420,14 @@ impl DearReranker {
         if let Some(why) = outcome.failure {
             return Err(why);
         }
+        if !outcome.windows.is_empty() && outcome.windows.iter().all(|w| w.failure.is_some()) {
+            report.notes.clear();
+            let why = outcome.windows[0].failure.as_deref().unwrap_or("");
+            return Err(format!(
+                "no window produced a ranking ({} window(s); first: {why})",
+                outcome.windows.len()
+            ));
+        }
         if !is_permutation(&outcome.order, top.len()) {
             return Err(format!(
                 "the listwise stage returned {:?}, not a permutation of 0..{}",
@@ -697,6 +705,59 @@ mod tests {
             .and_then(|s| s.failure())
             .unwrap_or("");
         assert!(why.contains("1 scores for 3 passages"), "{why}");
+        Ok(())
+    }
+
+    /// Writes no ranking in any window.
+    struct Mute;
+
+    impl ListwiseStage for Mute {
+        fn key(&self) -> String {
+            "mute".into()
+        }
+        fn rerank(
+            &self,
+            _: &Query,
+            p: &[Passage],
+            _: Option<ListwiseMode>,
+            _: &WindowConfig,
+            _: Option<Instant>,
+        ) -> dear_core::Result<ListwiseOutcome> {
+            Ok(ListwiseOutcome {
+                order: (0..p.len()).collect(),
+                windows: vec![dear_core::WindowReport {
+                    start: 0,
+                    end: p.len(),
+                    raw: "I cannot rank these.".into(),
+                    reasoning: None,
+                    parsed_ids: 0,
+                    prompt_tokens: 10,
+                    generated_tokens: 5,
+                    failure: Some("no parseable id in the output".into()),
+                }],
+                failure: None,
+            })
+        }
+    }
+
+    #[test]
+    fn a_listwise_pass_without_any_ranking_is_a_failure() -> crate::Result<()> {
+        let scorer = leak(NumberScorer::new());
+        let r = DearReranker::new()
+            .with_pointwise(scorer)
+            .with_listwise(Mute);
+        let out = r.rerank("q", candidates(&["1", "5", "3"]), &RerankOptions::default())?;
+        assert_eq!(ids(&out), ["d1", "d2", "d0"]);
+        assert!(out.hits.iter().all(|h| h.placed_by == Stage::Pointwise));
+        let why = out
+            .report
+            .stage(Stage::Listwise)
+            .and_then(|s| s.failure())
+            .unwrap_or("");
+        assert!(
+            why.contains("no window produced a ranking") && why.contains("no parseable id"),
+            "{why}"
+        );
         Ok(())
     }
 

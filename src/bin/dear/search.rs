@@ -19,7 +19,7 @@ use dear::dear_tantivy::{
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{snippet, HeadChoice, ModeChoice, ModelArgs};
+use super::{HeadChoice, ModeChoice, ModelArgs};
 
 /// The model and reranking flags `search` and `eval` share.
 #[derive(Args, Debug)]
@@ -273,12 +273,37 @@ pub fn search(args: &SearchArgs) -> anyhow::Result<()> {
         writeln!(out)?;
         return Ok(());
     }
+    let mut bm25: Vec<&RerankedHit> = results.hits.iter().collect();
+    bm25.sort_by_key(|h| h.bm25_rank);
+    writeln!(out, "BM25 top {}:", args.top_k.min(bm25.len()))?;
+    for h in bm25.iter().take(args.top_k) {
+        writeln!(
+            out,
+            "{:>4}  {:<46}  {}",
+            h.bm25_rank,
+            h.id(),
+            cut(&h.passage.text, 70)
+        )?;
+    }
+    writeln!(out, "\nreranked ({}):", args.pipeline.stages)?;
     print_table(
         &mut out,
         &results.hits[..results.hits.len().min(args.top_k)],
     )?;
+    writeln!(out)?;
     print_report(&mut out, &results)?;
     Ok(())
+}
+
+/// `text` on one line, at most `max` characters (an ellipsis marks a cut).
+fn cut(text: &str, max: usize) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= max {
+        return flat;
+    }
+    let mut s: String = flat.chars().take(max.saturating_sub(1)).collect();
+    s.push('…');
+    s
 }
 
 pub(crate) fn print_table(out: &mut impl Write, hits: &[RerankedHit]) -> anyhow::Result<()> {
@@ -294,8 +319,8 @@ pub(crate) fn print_table(out: &mut impl Write, hits: &[RerankedHit]) -> anyhow:
         .clamp(2, 40);
     writeln!(
         out,
-        "{:>4}  {:<idw$}  {:>11}  {:>7}  {:>9}  {:<9}  passage",
-        "rank", "id", "bm25→final", "bm25", "pointwise", "placed by"
+        "{:>4}  {:<idw$}  {:>11}  {:>7}  {:>9}  {:<9}  {:<40}  text",
+        "rank", "id", "bm25→final", "bm25", "pointwise", "placed by", "title"
     )?;
     for h in hits {
         let pw = h
@@ -304,12 +329,13 @@ pub(crate) fn print_table(out: &mut impl Write, hits: &[RerankedHit]) -> anyhow:
         let moved = format!("{:>4} → {:<4}", h.bm25_rank, h.final_rank);
         writeln!(
             out,
-            "{:>4}  {:<idw$}  {moved:>11}  {:>7.3}  {pw:>9}  {:<9}  {}",
+            "{:>4}  {:<idw$}  {moved:>11}  {:>7.3}  {pw:>9}  {:<9}  {:<40}  {}",
             h.final_rank,
             h.id(),
             h.bm25_score,
             h.placed_by.name(),
-            snippet(&h.passage, 70)
+            cut(h.passage.title.as_deref().unwrap_or("-"), 40),
+            cut(&h.passage.text, 50)
         )?;
     }
     Ok(())
