@@ -972,3 +972,273 @@ fn listwise_bad_input_fails_with_a_message() -> TestResult {
     assert!(err.contains("/no/such/model.gguf"), "{err}");
     Ok(())
 }
+
+// ---------------------------------------------------------------- index, search, eval
+
+fn write(path: &Path, text: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, text)
+}
+
+fn run_ok(cmd: &mut Command) -> Result<String, Box<dyn std::error::Error>> {
+    let out = cmd.output()?;
+    if !out.status.success() {
+        return Err(format!("failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+const TINY_CORPUS: &str = r#"{"_id": "d1", "title": "Rain", "text": "Rain falls when droplets in clouds grow heavy."}
+{"_id": "d2", "title": "Snow", "text": "Snow forms when water vapour freezes into ice crystals in clouds."}
+{"_id": "d3", "title": "Paris", "text": "Paris is the capital of France."}
+{"_id": 4, "text": "Clouds are made of droplets; rain and snow fall from clouds."}
+"#;
+
+#[test]
+fn index_replaces_ids_and_search_returns_bm25_hits() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let corpus = dir.path().join("corpus.jsonl");
+    write(&corpus, TINY_CORPUS)?;
+    let index = dir.path().join("index");
+    let out = run_ok(
+        dear()
+            .args(["index", "--corpus"])
+            .arg(&corpus)
+            .arg("--index")
+            .arg(&index),
+    )?;
+    assert!(out.contains("4 new, 0 replaced"), "{out}");
+    // Re-indexing: d3 changes, d5 is new, nothing is duplicated.
+    let update = dir.path().join("update.jsonl");
+    write(
+        &update,
+        "{\"_id\": \"d3\", \"text\": \"Paris, on the Seine, is the capital of France.\"}\n{\"_id\": \"d5\", \"text\": \"Hail is frozen rain.\"}\n",
+    )?;
+    let out = run_ok(
+        dear()
+            .args(["index", "--corpus"])
+            .arg(&update)
+            .arg("--index")
+            .arg(&index),
+    )?;
+    assert!(
+        out.contains("1 new, 1 replaced") && out.contains("5 documents"),
+        "{out}"
+    );
+
+    let out = run_ok(dear().args(["search", "--index"]).arg(&index).args([
+        "--stages",
+        "bm25",
+        "--json",
+        "clouds rain",
+    ]))?;
+    let json: serde_json::Value = serde_json::from_str(&out)?;
+    let ids: Vec<&str> = json["hits"]
+        .as_array()
+        .ok_or("no hits")?
+        .iter()
+        .filter_map(|h| h["passage"]["id"].as_str())
+        .collect();
+    // The library's BM25 order over the same index.
+    let lib = dear::dear_tantivy::PassageIndex::open(&index)?;
+    let results = dear::dear_tantivy::SearchReranked::search_reranked(
+        &lib.searcher(),
+        &lib.query("clouds rain")?,
+        &dear::dear_tantivy::DearReranker::new(),
+        &dear::dear_tantivy::RerankOptions::default(),
+    )?;
+    let want: Vec<&str> = results.hits.iter().map(|h| h.id()).collect();
+    assert_eq!(ids, want);
+    assert!(
+        ids.contains(&"4") && ids.contains(&"d5") && !ids.contains(&"d3"),
+        "{ids:?}"
+    );
+    let stages = json["report"]["stages"].as_array().ok_or("no stages")?;
+    assert_eq!(stages[0]["stage"], "bm25");
+    assert_eq!(stages[1]["status"], "skipped");
+
+    // The table shows BM25's order and the final one.
+    let table = run_ok(
+        dear()
+            .args(["search", "--index"])
+            .arg(&index)
+            .args(["--stages", "bm25", "snow"]),
+    )?;
+    assert!(
+        table.contains("BM25 top") && table.contains("d2"),
+        "{table}"
+    );
+    Ok(())
+}
+
+#[test]
+fn index_a_folder_of_text_files() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    write(
+        &dir.path().join("docs/guide.md"),
+        "# Guide\n\nInstall with cargo.",
+    )?;
+    write(&dir.path().join("docs/notes/todo.txt"), "Write the tests.")?;
+    let index = dir.path().join("index");
+    let out = run_ok(
+        dear()
+            .args(["index", "--dir"])
+            .arg(dir.path().join("docs"))
+            .arg("--index")
+            .arg(&index),
+    )?;
+    assert!(out.contains("2 new"), "{out}");
+    let out = run_ok(dear().args(["search", "--index"]).arg(&index).args([
+        "--stages",
+        "bm25",
+        "--json",
+        "install cargo",
+    ]))?;
+    let json: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(json["hits"][0]["passage"]["id"], "guide.md#0");
+    assert_eq!(json["hits"][0]["passage"]["title"], "Guide");
+    Ok(())
+}
+
+#[test]
+fn bad_search_input_is_named() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let out = dear()
+        .args(["search", "--index"])
+        .arg(dir.path().join("nothing"))
+        .args(["--stages", "bm25", "rain"])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("nothing") && err.contains("no tantivy index"),
+        "{err}"
+    );
+    let out = dear()
+        .args(["search", "--index", "x", "--stages", "bm25,dense", "rain"])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("dense"), "{err}");
+    let corpus = dir.path().join("bad.jsonl");
+    write(
+        &corpus,
+        "{\"_id\": \"a\", \"text\": \"ok\"}\n{\"_id\": \"b\"}\n",
+    )?;
+    let out = dear()
+        .args(["index", "--corpus"])
+        .arg(&corpus)
+        .arg("--index")
+        .arg(dir.path().join("i"))
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("bad.jsonl:2"),
+        "{err}"
+    );
+    Ok(())
+}
+
+/// A tiny BEIR dataset: the corpus above, three judged queries.
+fn tiny_dataset(root: &Path) -> std::io::Result<()> {
+    write(&root.join("corpus.jsonl"), TINY_CORPUS)?;
+    write(
+        &root.join("queries.jsonl"),
+        "{\"_id\": \"q1\", \"text\": \"why does rain fall from clouds\"}\n{\"_id\": \"q2\", \"text\": \"capital of France\"}\n{\"_id\": \"q3\", \"text\": \"ice crystals\"}\n{\"_id\": \"q4\", \"text\": \"unjudged query\"}\n",
+    )?;
+    write(
+        &root.join("qrels/test.tsv"),
+        "query-id\tcorpus-id\tscore\nq1\td1\t2\nq1\t4\t1\nq2\td3\t1\nq3\td2\t1\nq3\tmissing-doc\t2\n",
+    )
+}
+
+#[test]
+fn eval_reports_trec_eval_metrics_and_writes_runs() -> TestResult {
+    use dear::dear_tantivy::eval::{evaluate, Qrels, Run};
+    let dir = tempfile::tempdir()?;
+    let ds = dir.path().join("tiny");
+    tiny_dataset(&ds)?;
+    let runs = dir.path().join("runs");
+    let out = run_ok(
+        dear()
+            .args(["eval", "--dataset"])
+            .arg(&ds)
+            .args(["--stages", "bm25", "--json", "--runs-dir"])
+            .arg(&runs),
+    )?;
+    let json: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(json["queries"], 3);
+    let run_file = runs.join("tiny.bm25.trec");
+    let run = Run::from_path(&run_file)?;
+    let qrels = Qrels::from_path(ds.join("qrels/test.tsv"))?;
+    let mean = evaluate(&qrels, &run).mean;
+    let bm25 = &json["stages"]["bm25"];
+    assert_eq!(bm25["ndcg@10"].as_f64(), Some(mean.ndcg_at_10));
+    assert_eq!(bm25["mrr@10"].as_f64(), Some(mean.mrr_at_10));
+    assert_eq!(bm25["recall@100"].as_f64(), Some(mean.recall_at_100));
+    // q3's judged document missing from the corpus still counts: recall@100 < 1.
+    assert!(mean.recall_at_100 < 1.0 && mean.mrr_at_10 > 0.0);
+    assert!(json["stages"].get("pointwise").is_none());
+
+    // Reranking a given run with no model stage gives that run's figures back.
+    let again = run_ok(
+        dear()
+            .args(["eval", "--dataset"])
+            .arg(&ds)
+            .arg("--run")
+            .arg(&run_file)
+            .args(["--stages", "bm25", "--json", "--runs-dir"])
+            .arg(dir.path().join("runs2")),
+    )?;
+    let again: serde_json::Value = serde_json::from_str(&again)?;
+    for metric in ["ndcg@10", "mrr@10", "recall@100"] {
+        assert_eq!(again["stages"]["bm25"][metric], json["stages"]["bm25"][metric]);
+    }
+
+    // --queries takes the first judged queries.
+    let one = run_ok(
+        dear()
+            .args(["eval", "--dataset"])
+            .arg(&ds)
+            .args(["--stages", "bm25", "--queries", "1", "--json", "--runs-dir"])
+            .arg(dir.path().join("runs3")),
+    )?;
+    let one: serde_json::Value = serde_json::from_str(&one)?;
+    assert_eq!(one["queries"], 1);
+    Ok(())
+}
+
+#[test]
+fn search_with_the_default_model_reranks() -> TestResult {
+    let model = default_model()?;
+    let dir = tempfile::tempdir()?;
+    let corpus = dir.path().join("corpus.jsonl");
+    write(&corpus, TINY_CORPUS)?;
+    let index = dir.path().join("index");
+    run_ok(
+        dear()
+            .args(["index", "--corpus"])
+            .arg(&corpus)
+            .arg("--index")
+            .arg(&index),
+    )?;
+    let out = run_ok(
+        dear()
+            .args(["search", "--index"])
+            .arg(&index)
+            .arg("--model")
+            .arg(&model)
+            .args(["--stages", "bm25,pointwise", "--json", "rain clouds"]),
+    )?;
+    let json: serde_json::Value = serde_json::from_str(&out)?;
+    let hits = json["hits"].as_array().ok_or("no hits")?;
+    assert!(hits.len() >= 2);
+    let scores: Vec<f64> = hits
+        .iter()
+        .map(|h| h["pointwise_score"].as_f64().unwrap_or(f64::NAN))
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    assert!(hits.iter().all(|h| h["placed_by"] == "pointwise"));
+    assert_eq!(json["report"]["stages"][1]["status"], "completed");
+    Ok(())
+}
