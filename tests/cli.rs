@@ -1192,7 +1192,10 @@ fn eval_reports_trec_eval_metrics_and_writes_runs() -> TestResult {
     )?;
     let again: serde_json::Value = serde_json::from_str(&again)?;
     for metric in ["ndcg@10", "mrr@10", "recall@100"] {
-        assert_eq!(again["stages"]["bm25"][metric], json["stages"]["bm25"][metric]);
+        assert_eq!(
+            again["stages"]["bm25"][metric],
+            json["stages"]["bm25"][metric]
+        );
     }
 
     // --queries takes the first judged queries.

@@ -79,7 +79,7 @@ impl std::fmt::Display for Stages {
 /// # Example
 /// ```
 /// use std::time::Duration;
-/// use dear_tantivy::{RerankOptions, Stages};
+/// use dear_tantivy::RerankOptions;
 /// let options = RerankOptions::default()
 ///     .with_candidates(50)
 ///     .with_listwise_depth(10)

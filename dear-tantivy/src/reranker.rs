@@ -43,6 +43,7 @@ pub struct Candidate {
 /// // DeAR's classifier head where the model has one, else the yes/no prompt;
 /// // the listwise stage on the same model.
 /// let reranker = DearReranker::for_model(lm)?;
+/// assert!(reranker.pointwise().is_some());
 /// # Ok::<(), dear_tantivy::Error>(())
 /// ```
 pub struct DearReranker {

@@ -226,7 +226,7 @@ impl ListwiseReranker {
     ///
     /// # Errors
     /// As [`ListwiseReranker::rerank`]; [`Error::InvalidArgument`] for windows that fail
-    /// [`WindowConfig::validate`].
+    /// [`WindowConfig::validate`] (checked when there are at least two passages).
     pub fn rerank_with(
         &self,
         query: &Query,
@@ -235,7 +235,9 @@ impl ListwiseReranker {
         window: &WindowConfig,
         deadline: Option<Instant>,
     ) -> crate::Result<ListwiseOutcome> {
-        window.validate()?;
+        if passages.len() >= 2 {
+            window.validate()?;
+        }
         if mode == ListwiseMode::Constrained && self.vocab.get().is_none() {
             let _ = self.vocab.set(answer_vocab(&self.lm)?);
         }
