@@ -1245,3 +1245,30 @@ fn search_with_the_default_model_reranks() -> TestResult {
     assert_eq!(json["report"]["stages"][1]["status"], "completed");
     Ok(())
 }
+
+/// BM25 on SciFact (../shared/data, BEIR test split) is within 0.02 nDCG@10 of
+/// Anserini's BM25 multifield baseline, 0.679.
+#[test]
+fn eval_bm25_on_scifact_is_near_anserini() -> TestResult {
+    let ds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/scifact");
+    assert!(
+        ds.join("corpus.jsonl").is_file(),
+        "SciFact is missing at {}",
+        ds.display()
+    );
+    let runs = tempfile::tempdir()?;
+    let out = run_ok(
+        dear()
+            .args(["eval", "--dataset"])
+            .arg(&ds)
+            .args(["--stages", "bm25", "--json", "--runs-dir"])
+            .arg(runs.path()),
+    )?;
+    let json: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(json["queries"], 300);
+    let ndcg = json["stages"]["bm25"]["ndcg@10"]
+        .as_f64()
+        .ok_or("no nDCG")?;
+    assert!((ndcg - 0.679).abs() <= 0.02, "nDCG@10 {ndcg}");
+    Ok(())
+}
