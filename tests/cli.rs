@@ -1272,3 +1272,35 @@ fn eval_bm25_on_scifact_is_near_anserini() -> TestResult {
     assert!((ndcg - 0.679).abs() <= 0.02, "nDCG@10 {ndcg}");
     Ok(())
 }
+
+#[test]
+fn bench_runs_the_fixed_workloads() -> TestResult {
+    let model = default_model()?;
+    let out = run_ok(dear().args(["bench", "--model"]).arg(&model).args([
+        "--sequences",
+        "2",
+        "--prompt-tokens",
+        "64",
+        "--decode-tokens",
+        "3",
+        "--json",
+    ]))?;
+    let json: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(json["w1"]["sequences"], 2);
+    assert_eq!(json["w1"]["tokens"], 456);
+    assert!(json["w1"]["tokens_per_s"].as_f64().unwrap_or(0.0) > 0.0);
+    assert_eq!(json["w2"]["prompt_tokens"], 64);
+    assert_eq!(json["w2"]["decode_tokens"], 3);
+    assert!(json["w2"]["decode_tokens_per_s"].as_f64().unwrap_or(0.0) > 0.0);
+    assert!(json["peak_rss_mib"].as_f64().unwrap_or(0.0) > 0.0);
+    // A random-weight shape whose vocabulary the W1 ids fit.
+    let out = dear()
+        .args(["bench", "--synthetic", "llama-3.2-8b"])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("llama-3.2-8b"),
+        "{err}"
+    );
+    Ok(())
+}

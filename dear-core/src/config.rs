@@ -84,6 +84,60 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// A Llama-3 shape with the Llama-3 tokenizer's vocabulary, llama3 rope scaling
+    /// (factor `rope_factor`, 8192 original positions) and 131,072 positions.
+    fn llama3_shape(
+        hidden: usize,
+        intermediate: usize,
+        layers: usize,
+        heads: usize,
+        tied: bool,
+        rope_factor: f32,
+    ) -> Self {
+        Self {
+            vocab_size: 128_256,
+            hidden_size: hidden,
+            intermediate_size: intermediate,
+            num_layers: layers,
+            num_heads: heads,
+            num_kv_heads: 8,
+            head_dim: hidden / heads,
+            rms_norm_eps: 1e-5,
+            rope: RopeConfig {
+                theta: 500_000.0,
+                scaling: RopeScaling::Llama3 {
+                    factor: rope_factor,
+                    low_freq_factor: 1.0,
+                    high_freq_factor: 4.0,
+                    original_max_position_embeddings: 8192,
+                },
+            },
+            max_position_embeddings: 131_072,
+            tie_word_embeddings: tied,
+            attention_bias: false,
+            mlp_bias: false,
+            num_labels: None,
+            bos_token_id: Some(128_000),
+            eos_token_ids: vec![128_001, 128_008, 128_009],
+            pad_token_id: None,
+        }
+    }
+
+    /// The shape of Llama-3.2-1B (`meta-llama/Llama-3.2-1B`'s config.json).
+    pub fn llama_3_2_1b() -> Self {
+        Self::llama3_shape(2048, 8192, 16, 32, true, 32.0)
+    }
+
+    /// The shape of Llama-3.2-3B, DeAR's 3B student.
+    pub fn llama_3_2_3b() -> Self {
+        Self::llama3_shape(3072, 8192, 28, 24, true, 32.0)
+    }
+
+    /// The shape of Llama-3.1-8B, DeAR's 8B student and listwise base.
+    pub fn llama_3_1_8b() -> Self {
+        Self::llama3_shape(4096, 14336, 32, 32, false, 8.0)
+    }
+
     /// Checks the invariants the network relies on.
     pub(crate) fn validate(&self, path: &Path) -> crate::Result<()> {
         let positive = [

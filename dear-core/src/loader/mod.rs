@@ -8,6 +8,7 @@
 
 mod gguf;
 mod hub;
+pub(crate) mod random;
 pub(crate) mod safetensors;
 
 use std::path::{Path, PathBuf};

@@ -241,6 +241,41 @@ impl Builder<'_> {
 }
 
 impl Llama {
+    /// A network of `config`'s shape with random weights (N(0, 0.02²) matrices, unit
+    /// norms), built in memory on `options`' device, quantized at build time with
+    /// `options`' quantization (so large shapes fit in memory): for measuring the cost
+    /// of model sizes that are not at hand. It has no tokenizer; feed it token ids.
+    ///
+    /// # Example
+    /// ```
+    /// use dear_core::{Llama, LoadOptions, ModelConfig, Quantization};
+    /// let mut config = ModelConfig::llama_3_2_1b();
+    /// config.num_layers = 1; // keep the example small
+    /// config.vocab_size = 256;
+    /// let llama = Llama::random(config, &LoadOptions::default().with_quantization(Quantization::Q4_0))?;
+    /// assert_eq!(llama.config().hidden_size, 2048);
+    /// # Ok::<(), dear_core::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an inconsistent config; device and allocation errors.
+    pub fn random(config: ModelConfig, options: &crate::LoadOptions) -> crate::Result<Self> {
+        config.validate(std::path::Path::new("<random weights>"))?;
+        let device = options.device().open()?;
+        let quantization = options.quantization().ggml();
+        let dtype = if quantization.is_some() {
+            DType::F32
+        } else {
+            options.dtype().candle()
+        };
+        let source = crate::loader::random::RandomSource {
+            config: config.clone(),
+            device: device.clone(),
+            quantization,
+        };
+        Self::load(&source, config, None, device, dtype, &[])
+    }
+
     /// Builds the network from a weight source. `dtype` is the activation dtype.
     pub(crate) fn load(
         ws: &dyn WeightSource,

@@ -15,6 +15,7 @@ use dear::dear_core::{
     WindowConfig, WindowReport,
 };
 
+mod bench;
 mod search;
 
 /// DeAR reranking for Rust search: Llama inference, pointwise and listwise reranking.
@@ -41,6 +42,8 @@ enum Command {
     Search(search::SearchArgs),
     /// Evaluate the stages on a BEIR dataset (nDCG@10, MRR@10, Recall@100).
     Eval(search::EvalArgs),
+    /// Measure the fixed workloads (W1 pointwise, W2 listwise) on a model.
+    Bench(bench::BenchArgs),
 }
 
 /// Which model to load and how.
@@ -731,6 +734,7 @@ fn main() -> ExitCode {
         Command::Index(args) => search::index(args),
         Command::Search(args) => search::search(args),
         Command::Eval(args) => search::eval(args),
+        Command::Bench(args) => bench::bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
