@@ -58,6 +58,17 @@ impl EvalError {
         }
     }
 
+    /// The error of reading line `line` of `path`: a parse error for bytes that are not
+    /// UTF-8, an I/O error otherwise.
+    pub(crate) fn reading(path: &std::path::Path, line: usize, e: std::io::Error) -> Self {
+        match e.kind() {
+            std::io::ErrorKind::InvalidData => {
+                Self::parse(path, line, "the line is not valid UTF-8")
+            }
+            _ => Self::io(path, e),
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         EvalError::Io {
             path: path.into(),

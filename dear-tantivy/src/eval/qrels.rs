@@ -93,12 +93,7 @@ impl Qrels {
         let mut format = None;
         for (index, line) in reader.lines().enumerate() {
             let number = index + 1;
-            let line = line.map_err(|e| match e.kind() {
-                std::io::ErrorKind::InvalidData => {
-                    EvalError::parse(source, number, "the line is not valid UTF-8")
-                }
-                _ => EvalError::io(source, e),
-            })?;
+            let line = line.map_err(|e| EvalError::reading(source, number, e))?;
             let line = if number == 1 {
                 line.trim_start_matches('\u{feff}')
             } else {

@@ -108,12 +108,7 @@ impl Run {
         let mut first_line: HashMap<(String, String), usize> = HashMap::new();
         for (index, line) in reader.lines().enumerate() {
             let number = index + 1;
-            let line = line.map_err(|e| match e.kind() {
-                io::ErrorKind::InvalidData => {
-                    EvalError::parse(source, number, "the line is not valid UTF-8")
-                }
-                _ => EvalError::io(source, e),
-            })?;
+            let line = line.map_err(|e| EvalError::reading(source, number, e))?;
             let line = line.trim_start_matches('\u{feff}');
             let trimmed = line.trim_start();
             if trimmed.is_empty() || trimmed.starts_with('#') {
