@@ -290,7 +290,12 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     };
     let llama = model.llama();
     let load_seconds = started.elapsed().as_secs_f64();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // candle's CPU kernels size their pools from RAYON_NUM_THREADS, else the cores.
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|t| t.parse::<usize>().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let mut report = serde_json::json!({
         "model": name,
         "load_seconds": load_seconds,
