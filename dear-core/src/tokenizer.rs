@@ -526,12 +526,17 @@ impl Tokenizer {
 
     /// The longest prefix of `text` that encodes to at most `max_tokens` tokens (no
     /// special tokens added), cut at a token boundary of the original string, so the
-    /// prefix is the text itself, never a decoded approximation.
+    /// prefix is the text itself, never a decoded approximation; with the number of
+    /// tokens it holds.
     ///
     /// # Errors
     ///
     /// [`Error::Tokenizer`] when the tokenizer fails on the input.
-    pub fn truncate_text<'t>(&self, text: &'t str, max_tokens: usize) -> crate::Result<&'t str> {
+    pub fn truncate_text<'t>(
+        &self,
+        text: &'t str,
+        max_tokens: usize,
+    ) -> crate::Result<(&'t str, usize)> {
         // No token spans more than 64 characters; cutting first keeps huge texts cheap.
         let cut = match text
             .char_indices()
@@ -545,14 +550,14 @@ impl Tokenizer {
             .encode(cut, false)
             .map_err(|e| Error::tokenizer(format!("encoding with {}", self.origin), e))?;
         if encoding.get_ids().len() <= max_tokens && cut.len() == text.len() {
-            return Ok(text);
+            return Ok((text, encoding.get_ids().len()));
         }
         if max_tokens == 0 {
-            return Ok(&text[..0]);
+            return Ok((&text[..0], 0));
         }
         let offsets = encoding.get_offsets();
-        let mut end = max_tokens
-            .min(offsets.len())
+        let kept = max_tokens.min(offsets.len());
+        let mut end = kept
             .checked_sub(1)
             .and_then(|last| offsets.get(last))
             .map_or(0, |&(_, end)| end)
@@ -560,7 +565,7 @@ impl Tokenizer {
         while !text.is_char_boundary(end) {
             end -= 1;
         }
-        Ok(&text[..end])
+        Ok((&text[..end], kept))
     }
 
     /// Decodes token ids into text; with `skip_special_tokens`, special tokens are left out.

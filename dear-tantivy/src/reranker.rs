@@ -351,7 +351,12 @@ impl DearReranker {
         report.passages = passages.len();
         report.cached = passages.len() - missing.len();
         if !missing.is_empty() {
-            let todo: Vec<Passage> = missing.iter().map(|&i| passages[i].clone()).collect();
+            // The common case, nothing cached: hand over the passages as they are.
+            let todo: std::borrow::Cow<'_, [Passage]> = if missing.len() == passages.len() {
+                passages.into()
+            } else {
+                missing.iter().map(|&i| passages[i].clone()).collect()
+            };
             let scored = stage.score(query, &todo, deadline)?;
             if scored.scores.len() != todo.len() {
                 return Err(dear_core::Error::InvalidArgument(format!(
@@ -460,10 +465,7 @@ fn cut_passage(
     let mut note = None;
     let mut cut = |text: &str| -> String {
         if let Some(tok) = tokenizer {
-            let cut = tok
-                .truncate_text(text, budget)
-                .and_then(|prefix| Ok((prefix, tok.encode(prefix, false)?.len())));
-            match cut {
+            match tok.truncate_text(text, budget) {
                 Ok((prefix, used)) => {
                     budget = budget.saturating_sub(used);
                     return prefix.to_string();

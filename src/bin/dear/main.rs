@@ -395,7 +395,13 @@ fn snippet(passage: &Passage, max: usize) -> String {
         Some(title) => format!("{title}: {}", passage.text),
         None => passage.text.clone(),
     };
-    let flat = full.split_whitespace().collect::<Vec<_>>().join(" ");
+    one_line(&full, max)
+}
+
+/// `text` on one line (whitespace runs collapsed), at most `max` characters; an
+/// ellipsis marks a cut.
+fn one_line(text: &str, max: usize) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if flat.chars().count() <= max {
         return flat;
     }
@@ -448,7 +454,7 @@ fn score(args: &ScoreArgs) -> anyhow::Result<()> {
     }
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-    let id_width = id_column_width(&passages);
+    let id_width = id_column_width(passages.iter().map(|p| p.id.as_deref()), 32);
     writeln!(
         stdout,
         "{:>4}  {:>10}  {:<id_width$}  passage",
@@ -634,7 +640,7 @@ fn listwise(args: &ListwiseArgs) -> anyhow::Result<()> {
     if passages.is_empty() {
         return Ok(());
     }
-    let id_width = id_column_width(&passages);
+    let id_width = id_column_width(passages.iter().map(|p| p.id.as_deref()), 32);
     writeln!(
         stdout,
         "{:>4}  {:>5}  {:<id_width$}  passage",
@@ -745,12 +751,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// The width of the id column of a table: the longest id, between 2 and 32 characters.
-fn id_column_width(passages: &[Passage]) -> usize {
-    passages
-        .iter()
-        .map(|p| p.id.as_deref().map_or(1, |id| id.chars().count()))
+/// The width of the id column of a table: the longest id, between 2 and `max` characters.
+fn id_column_width<'a>(ids: impl IntoIterator<Item = Option<&'a str>>, max: usize) -> usize {
+    ids.into_iter()
+        .map(|id| id.map_or(1, |id| id.chars().count()))
         .max()
         .unwrap_or(2)
-        .clamp(2, 32)
+        .clamp(2, max)
 }

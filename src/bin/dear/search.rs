@@ -19,7 +19,7 @@ use dear::dear_tantivy::{
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{HeadChoice, ModeChoice, ModelArgs};
+use super::{id_column_width, one_line, HeadChoice, ModeChoice, ModelArgs};
 
 /// The model and reranking flags `search` and `eval` share.
 #[derive(Args, Debug)]
@@ -282,7 +282,7 @@ pub fn search(args: &SearchArgs) -> anyhow::Result<()> {
             "{:>4}  {:<46}  {}",
             h.bm25_rank,
             h.id(),
-            cut(&h.passage.text, 70)
+            one_line(&h.passage.text, 70)
         )?;
     }
     writeln!(out, "\nreranked ({}):", args.pipeline.stages)?;
@@ -295,28 +295,12 @@ pub fn search(args: &SearchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `text` on one line, at most `max` characters (an ellipsis marks a cut).
-fn cut(text: &str, max: usize) -> String {
-    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() <= max {
-        return flat;
-    }
-    let mut s: String = flat.chars().take(max.saturating_sub(1)).collect();
-    s.push('…');
-    s
-}
-
 pub(crate) fn print_table(out: &mut impl Write, hits: &[RerankedHit]) -> anyhow::Result<()> {
     if hits.is_empty() {
         writeln!(out, "no results")?;
         return Ok(());
     }
-    let idw = hits
-        .iter()
-        .map(|h| h.id().chars().count())
-        .max()
-        .unwrap_or(2)
-        .clamp(2, 40);
+    let idw = id_column_width(hits.iter().map(|h| h.passage.id.as_deref()), 40);
     writeln!(
         out,
         "{:>4}  {:<idw$}  {:>11}  {:>7}  {:>9}  {:<9}  {:<40}  text",
@@ -334,8 +318,8 @@ pub(crate) fn print_table(out: &mut impl Write, hits: &[RerankedHit]) -> anyhow:
             h.id(),
             h.bm25_score,
             h.placed_by.name(),
-            cut(h.passage.title.as_deref().unwrap_or("-"), 40),
-            cut(&h.passage.text, 50)
+            one_line(h.passage.title.as_deref().unwrap_or("-"), 40),
+            one_line(&h.passage.text, 50)
         )?;
     }
     Ok(())
