@@ -155,7 +155,7 @@ impl ModelConfig {
                 return Err(Error::config(path, field, "must be greater than 0"));
             }
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(Error::config(
                 path,
                 "num_key_value_heads",
@@ -165,7 +165,7 @@ impl ModelConfig {
                 ),
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(Error::config(
                 path,
                 "head_dim",

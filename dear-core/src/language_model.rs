@@ -145,6 +145,7 @@ impl LanguageModel {
             device,
             dtype,
             &unmerged,
+            options.quantized_matmul(),
         )?;
         if tokenizer.vocab_size() > llama.config().vocab_size {
             tracing::warn!(

@@ -33,6 +33,8 @@ mod config;
 mod device;
 mod error;
 mod generate;
+#[doc(hidden)]
+pub mod kernels;
 mod language_model;
 mod loader;
 mod lora;
@@ -47,7 +49,9 @@ pub use crate::device::Device;
 pub use crate::error::Error;
 pub use crate::generate::{generate, FinishReason, GenerateOptions, Generation, Sampling};
 pub use crate::language_model::{default_model_path, LanguageModel, DEFAULT_MODEL_FILE};
-pub use crate::loader::{AdapterSpec, HubOptions, LoadOptions, Quantization, WeightDType};
+pub use crate::loader::{
+    AdapterSpec, HubOptions, LoadOptions, Quantization, QuantizedMatmul, WeightDType,
+};
 pub use crate::lora::AdapterMode;
 pub use crate::model::{AdapterId, ForwardOptions, ForwardOutput, KvCache, Llama, Outputs, Select};
 pub use crate::rerank::{

@@ -4,6 +4,7 @@ mod common;
 mod errors;
 mod gguf;
 mod hub;
+mod kernels;
 mod listwise;
 mod listwise_prompt;
 mod llama;

@@ -18,7 +18,7 @@ use candle_core::{DType, Device, Tensor};
 use parking_lot::Mutex;
 
 use crate::config::{ModelConfig, RopeConfig, RopeScaling};
-use crate::loader::{check_shape, Matrix, WeightSource};
+use crate::loader::{check_shape, quantize_matrix, Matrix, Quantization, WeightSource};
 use crate::Error;
 
 /// Reads a GGUF header (metadata and tensor directory), checking that every tensor's
@@ -119,10 +119,20 @@ pub(crate) struct GgufSource {
     content: Content,
     file: Mutex<File>,
     device: Device,
+    /// What the matrices are converted to at load (none: kept as stored).
+    requantize: Quantization,
 }
 
 impl GgufSource {
-    pub(crate) fn open(path: &Path, device: Device) -> crate::Result<Self> {
+    /// Opens a GGUF file. With `requantize` other than [`Quantization::None`], every
+    /// matrix is converted at load: dequantized, then quantized to that type (or kept
+    /// dense for [`Quantization::Dense`]), so one file gives the same weights in each
+    /// format.
+    pub(crate) fn open(
+        path: &Path,
+        device: Device,
+        requantize: Quantization,
+    ) -> crate::Result<Self> {
         let content = read_content(path)?;
         let arch = md_str(&content, "general.architecture").ok_or_else(|| {
             Error::config(
@@ -143,6 +153,7 @@ impl GgufSource {
             content,
             file: Mutex::new(file),
             device,
+            requantize,
         })
     }
 
@@ -294,7 +305,7 @@ fn unpermute_rows(t: &QTensor, heads: usize, device: &Device) -> crate::Result<Q
     let dims = t.shape().dims().to_vec();
     let rows = dims[0];
     let row_elems: usize = dims[1..].iter().product();
-    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
+    if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
         return Err(Error::InvalidArgument(format!(
             "{rows} rows cannot be split into {heads} heads of even size"
         )));
@@ -326,7 +337,11 @@ fn is_float(dtype: GgmlDType) -> bool {
 impl WeightSource for GgufSource {
     fn stored_quantization(&self, name: &str) -> Option<GgmlDType> {
         let info = self.content.tensor_infos.get(&gguf_name(name)?)?;
-        (!is_float(info.ggml_dtype)).then_some(info.ggml_dtype)
+        match self.requantize {
+            Quantization::None => (!is_float(info.ggml_dtype)).then_some(info.ggml_dtype),
+            Quantization::Dense => None,
+            q => q.ggml(),
+        }
     }
 
     fn contains(&self, name: &str) -> bool {
@@ -342,10 +357,16 @@ impl WeightSource for GgufSource {
     fn matrix(&self, name: &str, shape: (usize, usize), dtype: DType) -> crate::Result<Matrix> {
         let t = self.read_hf_layout(name)?;
         check_shape(name, &[shape.0, shape.1], t.shape().dims())?;
-        if is_float(t.dtype()) {
-            return Ok(Matrix::Dense(t.dequantize(&self.device)?.to_dtype(dtype)?));
+        let target = match self.requantize {
+            Quantization::None if is_float(t.dtype()) => Quantization::Dense,
+            q => q,
+        };
+        match target.ggml() {
+            None if target == Quantization::None => Ok(Matrix::Quantized(Arc::new(t))),
+            None => Ok(Matrix::Dense(t.dequantize(&self.device)?.to_dtype(dtype)?)),
+            Some(q) if q == t.dtype() => Ok(Matrix::Quantized(Arc::new(t))),
+            Some(q) => quantize_matrix(name, &t.dequantize(&self.device)?, q, dtype),
         }
-        Ok(Matrix::Quantized(Arc::new(t)))
     }
 }
 

@@ -24,14 +24,20 @@ use crate::Error;
 pub(crate) use self::hub::resolve_hub_model;
 pub use self::hub::HubOptions;
 
-/// Quantization applied to dense (safetensors) weights at load time.
+/// The format the weight matrices are converted to at load time.
 ///
-/// GGUF weights keep the type they were stored with whatever is chosen here.
+/// Dense (safetensors) weights are quantized to the chosen type. GGUF weights keep the
+/// type they were stored with under [`Quantization::None`]; any other choice converts
+/// them (dequantized, then re-quantized, or kept dense), so the same weights can be
+/// compared across formats.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Quantization {
-    /// Keep the weights dense, in [`LoadOptions::dtype`].
+    /// Keep the weights as stored: dense in [`LoadOptions::dtype`], GGUF blocks as
+    /// they are.
     #[default]
     None,
+    /// Dense in [`LoadOptions::dtype`], GGUF blocks dequantized at load.
+    Dense,
     /// 8-bit blocks of 32 (ggml `q8_0`).
     Q8_0,
     /// 4-bit blocks of 32 with a scale (ggml `q4_0`).
@@ -43,7 +49,7 @@ pub enum Quantization {
 impl Quantization {
     pub(crate) fn ggml(self) -> Option<GgmlDType> {
         match self {
-            Quantization::None => None,
+            Quantization::None | Quantization::Dense => None,
             Quantization::Q8_0 => Some(GgmlDType::Q8_0),
             Quantization::Q4_0 => Some(GgmlDType::Q4_0),
             Quantization::Q4K => Some(GgmlDType::Q4K),
@@ -54,15 +60,16 @@ impl Quantization {
 impl std::str::FromStr for Quantization {
     type Err = Error;
 
-    /// Parses `none`, `q8_0`, `q4_0` or `q4_k`.
+    /// Parses `none`, `dense`, `q8_0`, `q4_0` or `q4_k`.
     fn from_str(s: &str) -> crate::Result<Self> {
         match s.to_ascii_lowercase().as_str() {
             "none" => Ok(Quantization::None),
+            "dense" => Ok(Quantization::Dense),
             "q8_0" => Ok(Quantization::Q8_0),
             "q4_0" => Ok(Quantization::Q4_0),
             "q4_k" | "q4k" => Ok(Quantization::Q4K),
             _ => Err(Error::InvalidArgument(format!(
-                "unknown quantization {s:?} (use none, q8_0, q4_0 or q4_k)"
+                "unknown quantization {s:?} (use none, dense, q8_0, q4_0 or q4_k)"
             ))),
         }
     }
@@ -106,6 +113,50 @@ impl std::str::FromStr for WeightDType {
     }
 }
 
+/// How products with block-quantized weights are computed on the CPU.
+///
+/// The weights are always used exactly as stored; the choice is how the activations
+/// enter the product.
+///
+/// # Example
+/// ```
+/// use dear_core::{LoadOptions, QuantizedMatmul};
+/// let options = LoadOptions::default().with_quantized_matmul(QuantizedMatmul::Int8);
+/// assert_eq!(options.quantized_matmul(), QuantizedMatmul::Int8);
+/// assert_eq!("int16".parse::<QuantizedMatmul>()?, QuantizedMatmul::Int16);
+/// # Ok::<(), dear_core::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum QuantizedMatmul {
+    /// Activations rounded to two 8-bit planes per block of 32 (~15 significant
+    /// bits), integer dot products with the blocks: results within ~1e-4 (relative)
+    /// of f32 arithmetic. The default.
+    #[default]
+    Int16,
+    /// Activations rounded to 8 bits per block of 32, as llama.cpp does: fastest,
+    /// with llama.cpp's rounding error.
+    Int8,
+    /// Activations stay f32; many-row products dequantize the weights to f32 and run
+    /// an f32 GEMM, small ones expand each block on the fly. The slow reference path.
+    Dequantize,
+}
+
+impl std::str::FromStr for QuantizedMatmul {
+    type Err = Error;
+
+    /// Parses `int16`, `int8` or `dequantize`.
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "int16" | "i16" => Ok(QuantizedMatmul::Int16),
+            "int8" | "i8" => Ok(QuantizedMatmul::Int8),
+            "dequantize" | "f32" => Ok(QuantizedMatmul::Dequantize),
+            _ => Err(Error::InvalidArgument(format!(
+                "unknown quantized matmul {s:?} (use int16, int8 or dequantize)"
+            ))),
+        }
+    }
+}
+
 /// How to load a model.
 ///
 /// # Example
@@ -122,6 +173,7 @@ pub struct LoadOptions {
     device: Device,
     dtype: WeightDType,
     quantization: Quantization,
+    quantized_matmul: QuantizedMatmul,
     hub: HubOptions,
     adapters: Vec<AdapterSpec>,
 }
@@ -153,7 +205,7 @@ impl LoadOptions {
         self
     }
 
-    /// Quantization of dense weights at load. Default: none.
+    /// The format weight matrices are converted to at load. Default: none (as stored).
     #[must_use]
     pub fn with_quantization(mut self, quantization: Quantization) -> Self {
         self.quantization = quantization;
@@ -218,6 +270,19 @@ impl LoadOptions {
     /// The quantization.
     pub fn quantization(&self) -> Quantization {
         self.quantization
+    }
+
+    /// How products with quantized weights are computed on the CPU. Default:
+    /// [`QuantizedMatmul::Int16`].
+    #[must_use]
+    pub fn with_quantized_matmul(mut self, kernel: QuantizedMatmul) -> Self {
+        self.quantized_matmul = kernel;
+        self
+    }
+
+    /// How products with quantized weights are computed.
+    pub fn quantized_matmul(&self) -> QuantizedMatmul {
+        self.quantized_matmul
     }
 
     /// The hub settings.
@@ -426,7 +491,7 @@ pub(crate) fn open(files: &ModelFiles, options: &LoadOptions) -> crate::Result<O
             })
         }
         ModelFiles::Gguf(path) => {
-            let source = gguf::GgufSource::open(path, device)?;
+            let source = gguf::GgufSource::open(path, device, options.quantization())?;
             let cfg = source.config()?;
             let freqs = source.rope_freq_divisors()?;
             Ok(OpenedModel {

@@ -3,13 +3,16 @@
 //!
 //! Each sequence of the pack attends only to itself (and to its KV cache, when one
 //! is given). Two execution paths compute the same thing:
-//! - CPU with f32/f16 activations: candle-nn's fused varlen flash attention
-//!   (online softmax, never materialises a score matrix);
+//! - CPU with f32 activations: dear's blocked kernel (`crate::kernels::attention`);
+//!   with f16, candle-nn's fused varlen flash attention (both use an online softmax
+//!   and never materialise a padded score matrix);
 //! - everything else: a masked matmul path per sequence, softmax in f32 as
 //!   transformers' eager attention does.
 
 use candle_core::{DType, Tensor};
 
+use crate::kernels::attention::SeqSpan;
+use crate::model::cpu_ops;
 use crate::model::kv_cache::KvCache;
 use crate::model::linear::Linear;
 use crate::model::rope::RopeTables;
@@ -82,7 +85,17 @@ impl Attention {
         let out = if let Some((prefixes, of_sequence)) = ctx.prefixes {
             self.attend_with_prefixes(&q, &k, &v, pack, prefixes, of_sequence, layer, scale)?
         } else if caches.is_empty() {
-            if use_fused(&q) {
+            if use_dear_kernel(&q) {
+                let spans: Vec<SeqSpan> = pack
+                    .ranges
+                    .iter()
+                    .map(|r| SeqSpan {
+                        q: r.clone(),
+                        k: r.clone(),
+                    })
+                    .collect();
+                cpu_ops::attention(&q, &k, &v, &spans, scale as f32)?
+            } else if use_fused(&q) {
                 candle_nn::attention::flash_attn_varlen_cpu(
                     &q,
                     &k,
@@ -121,7 +134,10 @@ impl Attention {
                 let (ki, vi) =
                     cache.append(layer, &k.narrow(0, r.start, n)?, &v.narrow(0, r.start, n)?)?;
                 let lk = ki.dim(0)?;
-                let part = if use_fused(&qi) {
+                let part = if use_dear_kernel(&qi) {
+                    let spans = [SeqSpan { q: 0..n, k: 0..lk }];
+                    cpu_ops::attention(&qi, &ki, &vi, &spans, scale as f32)?
+                } else if use_fused(&qi) {
                     let dev = &candle_core::Device::Cpu;
                     candle_nn::attention::flash_attn_varlen_cpu(
                         &qi,
@@ -181,6 +197,23 @@ impl Attention {
         }
         let k_all = Tensor::cat(&ks, 0)?;
         let v_all = Tensor::cat(&vs, 0)?;
+        if use_dear_kernel(q) {
+            let mut start_k = 0usize;
+            let spans: Vec<SeqSpan> = pack
+                .ranges
+                .iter()
+                .zip(&seqlens_k)
+                .map(|(r, lk)| {
+                    let span = SeqSpan {
+                        q: r.clone(),
+                        k: start_k..start_k + *lk as usize,
+                    };
+                    start_k += *lk as usize;
+                    span
+                })
+                .collect();
+            return cpu_ops::attention(q, &k_all, &v_all, &spans, scale as f32);
+        }
         if use_fused(q) {
             let max_k = seqlens_k.iter().copied().max().unwrap_or(0) as usize;
             let seqlens_k = Tensor::new(seqlens_k.as_slice(), &candle_core::Device::Cpu)?;
@@ -215,6 +248,12 @@ impl Attention {
     }
 }
 
+/// f32 on the CPU: dear's blocked attention kernel.
+fn use_dear_kernel(q: &Tensor) -> bool {
+    cpu_ops::cpu_f32(q)
+}
+
+/// f16 on the CPU: candle-nn's fused varlen kernel.
 fn use_fused(q: &Tensor) -> bool {
     q.device().is_cpu() && matches!(q.dtype(), DType::F32 | DType::F16)
 }

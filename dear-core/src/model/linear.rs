@@ -7,6 +7,9 @@ use std::sync::Arc;
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Module, Tensor};
 
+use crate::kernels::qgemm;
+use crate::loader::QuantizedMatmul;
+
 /// Inputs with more rows than this are multiplied with dequantized f32 weights;
 /// smaller ones (decoding) use candle's quantized matrix-vector kernels.
 const DEQUANTIZE_ABOVE_ROWS: usize = 8;
@@ -20,8 +23,10 @@ pub(crate) enum LinearWeight {
     Quantized {
         /// candle's quantized matmul (activations quantized to 8 bits per block).
         matmul: QMatMul,
-        /// The blocks themselves, dequantized for many-row inputs.
+        /// The blocks themselves, for dear's kernels.
         blocks: Arc<QTensor>,
+        /// How the product is computed on the CPU.
+        kernel: QuantizedMatmul,
     },
 }
 
@@ -57,12 +62,17 @@ impl Linear {
         })
     }
 
-    pub(crate) fn quantized(weight: Arc<QTensor>, bias: Option<Tensor>) -> crate::Result<Self> {
+    pub(crate) fn quantized(
+        weight: Arc<QTensor>,
+        bias: Option<Tensor>,
+        kernel: QuantizedMatmul,
+    ) -> crate::Result<Self> {
         weight.shape().dims2()?;
         Ok(Self {
             weight: LinearWeight::Quantized {
                 matmul: QMatMul::from_arc(weight.clone())?,
                 blocks: weight,
+                kernel,
             },
             bias,
             loras: Vec::new(),
@@ -106,10 +116,25 @@ impl Linear {
     fn forward_base(&self, x: &Tensor) -> crate::Result<Tensor> {
         let y = match &self.weight {
             LinearWeight::Dense(w) => x.matmul(&w.t()?)?,
-            LinearWeight::Quantized { matmul, blocks } => {
+            LinearWeight::Quantized {
+                matmul,
+                blocks,
+                kernel,
+            } => {
                 let dtype = x.dtype();
                 let x = x.to_dtype(DType::F32)?;
-                let y = if x.dim(0)? > DEQUANTIZE_ABOVE_ROWS {
+                let precision = match kernel {
+                    QuantizedMatmul::Int16 => Some(qgemm::Precision::Int16),
+                    QuantizedMatmul::Int8 => Some(qgemm::Precision::Int8),
+                    QuantizedMatmul::Dequantize => None,
+                };
+                let y = if let Some(precision) =
+                    precision.filter(|_| x.device().is_cpu() && qgemm::supported(blocks.dtype()))
+                {
+                    // dear's integer kernels: activations rounded per block of 32,
+                    // weights used as stored.
+                    super::cpu_ops::qmatmul(&x, blocks, precision)?
+                } else if x.dim(0)? > DEQUANTIZE_ABOVE_ROWS {
                     // Prefill: dequantize the blocks once and run an f32 GEMM over all
                     // rows. Exact with respect to the stored weights (no 8-bit
                     // activation rounding), as transformers computes GGUF models.

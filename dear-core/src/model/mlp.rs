@@ -15,8 +15,9 @@ pub(crate) struct Mlp {
 impl Mlp {
     /// `x: [tokens, hidden]` → `[tokens, hidden]`.
     pub(crate) fn forward(&self, x: &Tensor, adapter: Option<usize>) -> crate::Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x, adapter)?)?;
+        let gate = self.gate_proj.forward(x, adapter)?;
         let up = self.up_proj.forward(x, adapter)?;
-        self.down_proj.forward(&(gate * up)?, adapter)
+        self.down_proj
+            .forward(&super::cpu_ops::silu_mul(&gate, &up)?, adapter)
     }
 }

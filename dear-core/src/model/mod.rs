@@ -7,6 +7,7 @@
 
 mod attention;
 mod block;
+mod cpu_ops;
 mod kv_cache;
 mod linear;
 mod mlp;
@@ -20,7 +21,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::batch::Batch;
 use crate::config::ModelConfig;
-use crate::loader::{Matrix, WeightSource};
+use crate::loader::{Matrix, QuantizedMatmul, WeightSource};
 use crate::lora::LoraAdapter;
 use crate::Error;
 
@@ -187,10 +188,14 @@ pub struct Llama {
     dtype: DType,
 }
 
-fn matrix_linear(m: Matrix, bias: Option<Tensor>) -> crate::Result<Linear> {
+fn matrix_linear(
+    m: Matrix,
+    bias: Option<Tensor>,
+    kernel: QuantizedMatmul,
+) -> crate::Result<Linear> {
     match m {
         Matrix::Dense(w) => Linear::dense(w, bias),
-        Matrix::Quantized(q) => Linear::quantized(q, bias),
+        Matrix::Quantized(q) => Linear::quantized(q, bias, kernel),
     }
 }
 
@@ -198,6 +203,7 @@ struct Builder<'a> {
     ws: &'a dyn WeightSource,
     adapters: &'a [Arc<LoraAdapter>],
     dtype: DType,
+    kernel: QuantizedMatmul,
 }
 
 impl Builder<'_> {
@@ -221,6 +227,7 @@ impl Builder<'_> {
             self.ws
                 .matrix(&format!("{prefix}.weight"), (out_dim, in_dim), dtype)?,
             bias,
+            self.kernel,
         )?;
         for (i, adapter) in self.adapters.iter().enumerate() {
             if let Some(w) = adapter.deltas.get(prefix) {
@@ -273,7 +280,15 @@ impl Llama {
             device: device.clone(),
             quantization,
         };
-        Self::load(&source, config, None, device, dtype, &[])
+        Self::load(
+            &source,
+            config,
+            None,
+            device,
+            dtype,
+            &[],
+            options.quantized_matmul(),
+        )
     }
 
     /// Builds the network from a weight source. `dtype` is the activation dtype.
@@ -284,11 +299,13 @@ impl Llama {
         device: Device,
         dtype: DType,
         adapters: &[Arc<LoraAdapter>],
+        kernel: QuantizedMatmul,
     ) -> crate::Result<Self> {
         let b = Builder {
             ws,
             adapters,
             dtype,
+            kernel,
         };
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let q_dim = cfg.num_heads * cfg.head_dim;
@@ -341,7 +358,7 @@ impl Llama {
         } else {
             match &embed {
                 Matrix::Dense(w) => Linear::dense(w.clone(), None)?,
-                Matrix::Quantized(q) => Linear::quantized(q.clone(), None)?,
+                Matrix::Quantized(q) => Linear::quantized(q.clone(), None, kernel)?,
             }
         };
         let embed_tokens = match embed {

@@ -44,7 +44,7 @@ pub struct BenchArgs {
     /// Random weights in this shape instead of --model.
     #[arg(long, value_enum)]
     synthetic: Option<Shape>,
-    /// The weight type of --synthetic models: none (f32/--dtype), q8_0, q4_0, q4_k.
+    /// The weight type of --synthetic models: none or dense (f32/--dtype), q8_0, q4_0, q4_k.
     #[arg(long, default_value = "q4_0")]
     synthetic_quant: Quantization,
     /// The workloads to run.
@@ -296,10 +296,14 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         .and_then(|t| t.parse::<usize>().ok())
         .filter(|&t| t > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let kernel = format!("{:?}", args.model.options().quantized_matmul()).to_lowercase();
+    let isa = format!("{:?}", dear::dear_core::kernels::Isa::detect()).to_lowercase();
     let mut report = serde_json::json!({
         "model": name,
         "load_seconds": load_seconds,
         "threads": threads,
+        "kernel": kernel,
+        "isa": isa,
     });
     if matches!(args.workload, Workload::W1 | Workload::All) {
         report["w1"] = run_w1(llama, args)?;
@@ -316,7 +320,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     }
     writeln!(
         out,
-        "model: {name} (loaded in {load_seconds:.1} s, {threads} threads)"
+        "model: {name} (loaded in {load_seconds:.1} s, {threads} threads, {kernel} kernels, {isa})"
     )?;
     if let Some(w1) = report.get("w1") {
         writeln!(

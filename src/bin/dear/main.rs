@@ -11,8 +11,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use dear::dear_core::{
     default_model_path, AdapterMode, Device, GenerateOptions, Head, HubOptions, LanguageModel,
     ListwiseConfig, ListwiseMode, ListwiseOutcome, ListwisePrompt, ListwiseReranker, LoadOptions,
-    Passage, PointwiseConfig, PointwiseScorer, Quantization, Query, Recipe, Sampling, WeightDType,
-    WindowConfig, WindowReport,
+    Passage, PointwiseConfig, PointwiseScorer, Quantization, QuantizedMatmul, Query, Recipe,
+    Sampling, WeightDType, WindowConfig, WindowReport,
 };
 
 mod bench;
@@ -57,12 +57,18 @@ struct ModelArgs {
     /// A PEFT LoRA adapter (directory or hub id), merged into the model's weights at load.
     #[arg(long)]
     adapter: Option<String>,
-    /// Quantize dense weights at load: none, q8_0, q4_0 or q4_k (GGUF weights keep their type).
+    /// Convert the weight matrices at load: none (as stored), dense (dequantized, in
+    /// --dtype), q8_0, q4_0 or q4_k (GGUF blocks are re-quantized from their values).
     #[arg(long, default_value = "none")]
     quant: Quantization,
     /// Dtype of dense weights and activations: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: WeightDType,
+    /// CPU products with quantized weights: int16 (activations rounded to ~15 bits per
+    /// block of 32; within ~1e-4 of f32), int8 (8 bits, as llama.cpp; fastest) or
+    /// dequantize (weights expanded to f32 per product; the slow reference).
+    #[arg(long, default_value = "int16")]
+    kernel: QuantizedMatmul,
     /// Device: cpu, cuda or cuda:N (CUDA needs a build with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     device: Device,
@@ -82,6 +88,7 @@ impl ModelArgs {
             .with_device(self.device)
             .with_dtype(self.dtype)
             .with_quantization(self.quant)
+            .with_quantized_matmul(self.kernel)
             .with_hub(hub)
     }
 
