@@ -6,7 +6,7 @@
 //!
 //! `cargo bench -p dear-core --bench attention`; `ATTN_BENCH_SECS` sets the time per
 //! measurement (default 2 s). FLOPs count `4 · d · hq` per visible (query, key) pair
-//! (the causal square halved).
+//! (the causal square halved); `ATTN_BENCH_CASE=c` runs only case (c).
 
 use std::time::{Duration, Instant};
 
@@ -87,7 +87,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{:<26} {:<14} {:>10} {:>10} {:>9}",
         "case", "kernel", "ms", "GFLOP/s", "× candle"
     );
-    for case in &cases {
+    // ATTN_BENCH_CASE=c runs only the cases whose name starts with "(c)".
+    let only = std::env::var("ATTN_BENCH_CASE").ok();
+    for case in cases.iter().filter(|c| {
+        only.as_ref()
+            .is_none_or(|o| c.name.starts_with(&format!("({o})")))
+    }) {
         let tq: usize = case.lens.iter().map(|l| l.0).sum();
         let tk: usize = case.lens.iter().map(|l| l.1).sum();
         let q = Tensor::randn(0f32, 1.0, (tq, HQ, D), &dev)?;
@@ -162,6 +167,54 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             assert!(diff < 1e-4, "{isa:?} differs from candle by {diff}");
             row(&format!("dear {isa:?}"), t, Some(candle));
         }
+    }
+    if only.as_ref().is_none_or(|o| o == "d") {
+        cold_decode(scale)?;
+    }
+    Ok(())
+}
+
+/// (d) decode as in a model: one query against 2,100 cached keys in each of 30
+/// layers, every layer its own K/V (97 MB in all, more than the caches hold), so K and
+/// V stream from memory as in generation. Reported per layer.
+fn cold_decode(scale: f32) -> Result<(), Box<dyn std::error::Error>> {
+    const LAYERS: usize = 30;
+    const LK: usize = 2100;
+    let mut seed = 1u32;
+    let mut rnd = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    };
+    let q = rnd(HQ * D);
+    let kv: Vec<(Vec<f32>, Vec<f32>)> = (0..LAYERS)
+        .map(|_| (rnd(LK * HKV * D), rnd(LK * HKV * D)))
+        .collect();
+    let spans = [SeqSpan { q: 0..1, k: 0..LK }];
+    let mut out = vec![0f32; HQ * D];
+    let secs: f64 = std::env::var("ATTN_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2.0);
+    for isa in Isa::available().into_iter().filter(|i| *i != Isa::Scalar) {
+        let t = time(Duration::from_secs_f64(secs), || {
+            for (k, v) in &kv {
+                attention_with(isa, &q, k, v, &spans, HQ, HKV, D, scale, &mut out)
+                    .expect("attention");
+            }
+        });
+        let per_layer = t.as_secs_f64() / LAYERS as f64;
+        println!(
+            "{:<26} {:<14} {:>10.3} {:>10.1} {:>9}",
+            "(d) decode, 30 cold layers",
+            format!("dear {isa:?}"),
+            per_layer * 1e3,
+            (2 * LK * HKV * D * 4) as f64 / per_layer / 1e9,
+            "GB/s"
+        );
     }
     Ok(())
 }

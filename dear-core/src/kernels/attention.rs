@@ -13,6 +13,9 @@
 //! the costliest (latest causal rows) first from a shared queue; when there are too
 //! few tiles for the threads (decode: one query row per sequence) the keys of each
 //! tile are split into chunks whose partial softmax states are merged afterwards.
+//! Tiles of few rows — decode steps, where a tile holds all query heads of one
+//! position so that whole K / V rows stream from memory — use a second kernel whose
+//! lanes run over the head dim instead (`attention_x86::rows`).
 //! The kernel itself is in `attention_x86.rs`: its SIMD lanes run over query rows,
 //! Q is packed transposed and pre-scaled by `scale · log2 e`, and the softmax is
 //! computed in base 2 with a vector `exp2` (Cephes' polynomial after rounding to the
@@ -295,7 +298,8 @@ fn reference(q: &[f32], k: &[f32], v: &[f32], spans: &[SeqSpan], dm: &Dims, out:
 #[cfg(target_arch = "x86_64")]
 /// A block of query rows of one span and kv head: positions `p0..p1` (relative to the
 /// span's first query) × query heads `a..b` of the group, row-major (position-major),
-/// against the span's keys `k0..k1`.
+/// against the span's keys `k0..k1`. A decode tile holds every query head of one
+/// position instead (`h = 0`, `a..b = 0..hq`, rows of several kv heads).
 #[derive(Clone, Copy, Debug)]
 struct Tile {
     /// Token row of the span's first query.
@@ -402,7 +406,18 @@ fn blocked(
             k1: 0,
         };
         let first = tiles.len();
-        if g <= rt {
+        if lq == 1 && g < hq && x86::rows_kernel_fits(isa, hq, d) {
+            // Decode: one tile of every head, so that a thread streams whole K / V
+            // rows (split into key chunks across the threads below).
+            tiles.push(Tile {
+                p0: 0,
+                p1: 1,
+                b: hq,
+                k1: lk,
+                ..base
+            });
+            plan[si] = (first, 0, 1, 0);
+        } else if g <= rt {
             let per = rt / g;
             for h in 0..dm.hkv {
                 for p0 in (0..lq).step_by(per) {
@@ -716,6 +731,11 @@ mod tests {
         check_all_levels(&c, "16 queries × 3000 keys")?;
         let c = case(&[(1, 1800)], 2, 2, 72, 15);
         check_all_levels(&c, "decode hq = hkv")?;
+        // Llama-3 8B heads (32 / 8, d = 128) and a 2-position decode step.
+        let c = case(&[(1, 900), (2, 70), (1, 33)], 32, 8, 128, 16);
+        check_all_levels(&c, "decode d = 128")?;
+        let c = case(&[(2, 2100), (1, 5)], 4, 1, 32, 17);
+        check_all_levels(&c, "decode d = 32")?;
         let mut c = case(&[(3, 5), (4, 4), (2, 9)], 6, 2, 32, 13);
         c.spans.reverse();
         // A gap: token rows 0..3 belong to no span and must stay as they are.

@@ -62,6 +62,8 @@ trait Vf: Copy {
     /// `2ˣ` for `x <= 0`: exact 0 below -127 and for NaN, within 2 ulp above (see
     /// [`exp2_lanes`] and the tests).
     unsafe fn exp2(x: Self::V) -> Self::V;
+    /// The lane sums of four vectors, written to `out[0..4]`.
+    unsafe fn hsum4(a: Self::V, b: Self::V, c: Self::V, d: Self::V, out: *mut f32);
 }
 
 /// 16 lanes in a `zmm` register (AVX-512 F).
@@ -141,6 +143,13 @@ impl Vf for Z {
         let scale = _mm512_slli_epi32::<23>(_mm512_add_epi32(ni, _mm512_set1_epi32(127)));
         _mm512_mul_ps(y, _mm512_castsi512_ps(scale))
     }
+    #[inline(always)]
+    unsafe fn hsum4(a: __m512, b: __m512, c: __m512, d: __m512, out: *mut f32) {
+        // Fold each to 8 lanes, then as `Y` (no closure: it would not inherit the
+        // target features).
+        // SAFETY: register intrinsics and `out`'s 4 floats, as the contract states.
+        unsafe { Y::hsum4(fold512(a), fold512(b), fold512(c), fold512(d), out) }
+    }
 }
 
 // SAFETY (whole impl): each method is a register intrinsic of AVX / AVX2 / FMA, or a
@@ -210,6 +219,26 @@ impl Vf for Y {
         let scale = _mm256_slli_epi32::<23>(_mm256_add_epi32(ni, _mm256_set1_epi32(127)));
         _mm256_mul_ps(y, _mm256_castsi256_ps(scale))
     }
+    #[inline(always)]
+    unsafe fn hsum4(a: __m256, b: __m256, c: __m256, d: __m256, out: *mut f32) {
+        // hadd(hadd(a, b), hadd(c, d)) holds [Σa, Σb, Σc, Σd] of the low 4 lanes in
+        // its low half and of the high 4 lanes in its high half.
+        let h = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+        let s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+        _mm_storeu_ps(out, s)
+    }
+}
+
+/// The low plus the high 8 lanes of a `zmm`.
+///
+/// # Safety
+/// AVX-512 F must be enabled in the caller (this is inlined into it).
+#[inline(always)]
+unsafe fn fold512(x: __m512) -> __m256 {
+    _mm256_add_ps(
+        _mm512_castps512_ps256(x),
+        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x))),
+    )
 }
 
 /// Query rows per tile at `isa` (the planner's tile height): 3 `zmm` or 3 `ymm`
@@ -255,7 +284,7 @@ pub(super) fn run_tile(
         nr > 0
             && t.p0 < t.p1
             && t.a < t.b
-            && t.b <= dm.group
+            && (t.b <= dm.group || (t.h == 0 && t.b == dm.hq && t.p1 - t.p0 == 1))
             && t.h < dm.hkv
             && dm.hq == dm.hkv * dm.group
             && d > 0
@@ -263,7 +292,11 @@ pub(super) fn run_tile(
             && (t.q_tok0 + t.p1) * dm.hq * d <= q.len()
             && (t.k_tok0 + t.k1) * dm.hkv * d <= k.len()
             && k.len() == v.len()
-            && nr <= tile_rows(isa),
+            && if t.b <= dm.group {
+                nr <= tile_rows(isa)
+            } else {
+                rows_kernel_fits(isa, dm.hq, d)
+            },
         "attention tile out of bounds: {t:?} {dm:?}"
     );
     match &sink {
@@ -303,8 +336,18 @@ unsafe fn tile_avx512(
     sink: Sink<'_, '_>,
 ) {
     let nr = t.rows();
-    // SAFETY: the features are enabled here, as `tile` needs; bounds from the caller.
+    // SAFETY: the features are enabled here, as `rows` and `tile` need; bounds from
+    // the caller.
     unsafe {
+        if (nr <= ROW_KERNEL_ROWS || t.b > dm.group) && dm.d.is_multiple_of(Z::L) {
+            match dm.d / Z::L {
+                2 => return rows::<Z, 2>(t, dm, q, k, v, scratch, sink),
+                4 => return rows::<Z, 4>(t, dm, q, k, v, scratch, sink),
+                8 => return rows::<Z, 8>(t, dm, q, k, v, scratch, sink),
+                16 => return rows::<Z, 16>(t, dm, q, k, v, scratch, sink),
+                _ => {}
+            }
+        }
         match nr.div_ceil(Z::L) {
             _ if nr <= Y::L => tile::<Y, 1, 8>(t, dm, q, k, v, scratch, sink),
             1 => tile::<Z, 1, 8>(t, dm, q, k, v, scratch, sink),
@@ -329,8 +372,18 @@ unsafe fn tile_avx2(
     sink: Sink<'_, '_>,
 ) {
     let nr = t.rows();
-    // SAFETY: the features are enabled here, as `tile` needs; bounds from the caller.
+    // SAFETY: the features are enabled here, as `rows` and `tile` need; bounds from
+    // the caller.
     unsafe {
+        if (nr <= ROW_KERNEL_ROWS_AVX2 || t.b > dm.group) && dm.d.is_multiple_of(Y::L) {
+            match dm.d / Y::L {
+                2 => return rows::<Y, 2>(t, dm, q, k, v, scratch, sink),
+                4 => return rows::<Y, 4>(t, dm, q, k, v, scratch, sink),
+                8 => return rows::<Y, 8>(t, dm, q, k, v, scratch, sink),
+                16 => return rows::<Y, 16>(t, dm, q, k, v, scratch, sink),
+                _ => {}
+            }
+        }
         match nr.div_ceil(Y::L) {
             1 => tile::<Y, 1, 8>(t, dm, q, k, v, scratch, sink),
             2 => tile::<Y, 2, 6>(t, dm, q, k, v, scratch, sink),
@@ -492,6 +545,236 @@ unsafe fn tile<S: Vf, const NV: usize, const MR: usize>(
                 for (c, o) in row[2..].iter_mut().enumerate() {
                     *o = ot[c * rp + r];
                 }
+            }
+        }
+    }
+}
+
+/// Tiles of one kv head with at most this many query rows go to [`rows`] at AVX-512
+/// ...
+const ROW_KERNEL_ROWS: usize = 8;
+/// ... and at AVX2. Tiles of every head of one position (decode: see
+/// [`rows_kernel_fits`]) always do.
+const ROW_KERNEL_ROWS_AVX2: usize = 4;
+
+/// Whether [`rows`] can run a tile of all `hq` heads of one position at `isa` (the
+/// planner then gives decode steps such tiles, so that a thread streams whole K / V
+/// rows, every kv head at once).
+pub(super) fn rows_kernel_fits(isa: super::Isa, hq: usize, d: usize) -> bool {
+    let lanes = match isa {
+        super::Isa::Avx512 => Z::L,
+        super::Isa::Avx2 => Y::L,
+        super::Isa::Scalar => return false,
+    };
+    hq <= MAX_ROWS && d.is_multiple_of(lanes) && matches!(d / lanes, 2 | 4 | 8 | 16)
+}
+/// Keys per block of [`rows`] (a block of K and of V stays in L1 while every row of
+/// the tile goes through it).
+const ROW_BK: usize = 32;
+
+/// Attention of a tile with few query rows (decode), SIMD lanes over the head dim
+/// (`d = ND · S::L`): each row's scores are dot products reduced four keys at a time
+/// ([`Vf::hsum4`]), its online softmax is scalar per block of [`ROW_BK`] keys, and its
+/// output accumulates `p_j · V[j]` in registers. K and V rows are read contiguously,
+/// once from memory per block (the tile kernel's lanes over rows would leave most
+/// lanes idle here and walk V column by column).
+///
+/// # Safety
+/// `S`'s features must be enabled in the caller (this is inlined into it); the tile
+/// must satisfy `run_tile`'s checks, have at most [`ROW_KERNEL_ROWS`] rows, and
+/// `dm.d == ND · S::L` with `ND` even.
+#[inline(always)]
+unsafe fn rows<S: Vf, const ND: usize>(
+    t: &Tile,
+    dm: &Dims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scratch: &mut Vec<f32>,
+    sink: Sink<'_, '_>,
+) {
+    const MAXR: usize = MAX_ROWS;
+    let nr = t.rows();
+    let d = dm.d;
+    debug_assert!(nr <= MAXR && d == ND * S::L && ND.is_multiple_of(2));
+    // Scratch: scaled Q rows [nr × d], outputs [nr × d], scores [nr × ROW_BK].
+    let o_off = nr * d;
+    let s_off = 2 * nr * d;
+    let total = s_off + nr * ROW_BK;
+    if scratch.len() < total {
+        scratch.resize(total, 0.0);
+    }
+    let buf = &mut scratch[..total];
+    let qscale = dm.scale * LOG2E;
+    let width = t.b - t.a;
+    let mut lim = [0usize; MAXR];
+    // Each row's kv head (a tile of all heads spans several).
+    let mut kvh = [0usize; MAXR];
+    let mut m = [f32::NEG_INFINITY; MAXR];
+    let mut l = [0f32; MAXR];
+    for r in 0..nr {
+        let pos = t.p0 + r / width;
+        let head = t.h * dm.group + t.a + r % width;
+        let at = ((t.q_tok0 + pos) * dm.hq + head) * d;
+        for (x, y) in buf[r * d..(r + 1) * d].iter_mut().zip(&q[at..at + d]) {
+            *x = y * qscale;
+        }
+        lim[r] = t.offset + pos;
+        kvh[r] = head / dm.group;
+    }
+    buf[o_off..s_off].fill(0.0);
+    let base = buf.as_mut_ptr();
+    // SAFETY: every offset below stays inside `buf` (layout above); K / V rows
+    // `k_tok0 + k0 .. k_tok0 + k1` (all kv heads) are inside `k` / `v` (checked by
+    // `run_tile`), the rows' kv heads `< hkv`, each `d = ND · S::L` floats; `S`'s
+    // features are enabled in the caller.
+    unsafe {
+        let stride = dm.hkv * d;
+        // The kv heads the rows read: floats `h_lo · d .. h_hi · d` of every K / V row.
+        let h_lo = kvh[..nr].iter().copied().min().unwrap_or(0);
+        let h_hi = kvh[..nr].iter().copied().max().unwrap_or(0) + 1;
+        let k0p = k.as_ptr().add(t.k_tok0 * stride);
+        let v0p = v.as_ptr().add(t.k_tok0 * stride);
+        let mut kb = t.k0;
+        while kb < t.k1 {
+            let ke = (kb + ROW_BK).min(t.k1);
+            let nk = ke - kb;
+            // Prefetch the next block's K and V rows (a long KV cache streams from
+            // memory; with one kv head per tile the access is strided, which the
+            // hardware prefetchers follow poorly).
+            let next = (t.k1 - ke).min(ROW_BK);
+            for j in 0..next {
+                let (kr, vr) = (k0p.add((ke + j) * stride), v0p.add((ke + j) * stride));
+                let mut c = h_lo * d;
+                while c < h_hi * d {
+                    _mm_prefetch::<_MM_HINT_T0>(kr.add(c) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(vr.add(c) as *const i8);
+                    c += 16;
+                }
+            }
+            for r in 0..nr {
+                // Keys past the row's causal limit are masked; a block wholly past
+                // it changes nothing (key chunks of a split tile can be).
+                if kb > lim[r] {
+                    continue;
+                }
+                let qr = base.add(r * d) as *const f32;
+                let mut qv = [S::zero(); ND];
+                for c in 0..ND {
+                    qv[c] = S::load(qr.add(c * S::L));
+                }
+                let sr = base.add(s_off + r * ROW_BK);
+                let kp = k0p.add(kvh[r] * d);
+                let vp = v0p.add(kvh[r] * d);
+                // Scores, four keys at a time.
+                let key = |j: usize| kp.add((kb + j.min(nk - 1)) * stride);
+                let mut j = 0;
+                while j < nk {
+                    let kr = [key(j), key(j + 1), key(j + 2), key(j + 3)];
+                    // Two accumulators per key (even and odd vectors of the row).
+                    let (mut e0, mut e1, mut e2, mut e3) =
+                        (S::zero(), S::zero(), S::zero(), S::zero());
+                    let (mut o0, mut o1, mut o2, mut o3) =
+                        (S::zero(), S::zero(), S::zero(), S::zero());
+                    let mut c = 0;
+                    while c + 2 <= ND {
+                        let (x, y) = (qv[c], qv[c + 1]);
+                        let (c0, c1) = (c * S::L, (c + 1) * S::L);
+                        e0 = S::fma(x, S::load(kr[0].add(c0)), e0);
+                        e1 = S::fma(x, S::load(kr[1].add(c0)), e1);
+                        e2 = S::fma(x, S::load(kr[2].add(c0)), e2);
+                        e3 = S::fma(x, S::load(kr[3].add(c0)), e3);
+                        o0 = S::fma(y, S::load(kr[0].add(c1)), o0);
+                        o1 = S::fma(y, S::load(kr[1].add(c1)), o1);
+                        o2 = S::fma(y, S::load(kr[2].add(c1)), o2);
+                        o3 = S::fma(y, S::load(kr[3].add(c1)), o3);
+                        c += 2;
+                    }
+                    let mut four = [0f32; 4];
+                    S::hsum4(
+                        S::add(e0, o0),
+                        S::add(e1, o1),
+                        S::add(e2, o2),
+                        S::add(e3, o3),
+                        four.as_mut_ptr(),
+                    );
+                    for i in 0..4.min(nk - j) {
+                        *sr.add(j + i) = four[i];
+                    }
+                    j += 4;
+                }
+                // Causal mask, block max, online softmax update.
+                let visible = (lim[r] + 1 - kb).min(nk);
+                let mut bmax = f32::NEG_INFINITY;
+                for j in 0..visible {
+                    bmax = bmax.max(*sr.add(j));
+                }
+                for j in visible..ROW_BK {
+                    *sr.add(j) = f32::NEG_INFINITY;
+                }
+                let mnew = m[r].max(bmax);
+                let alpha = (m[r] - mnew).exp2();
+                let mv = S::splat(mnew);
+                let mut sum = S::zero();
+                let mut c = 0;
+                while c < visible {
+                    let p = S::exp2(S::sub(S::load(sr.add(c)), mv));
+                    S::store(sr.add(c), p);
+                    sum = S::add(sum, p);
+                    c += S::L;
+                }
+                let mut four = [0f32; 4];
+                S::hsum4(sum, S::zero(), S::zero(), S::zero(), four.as_mut_ptr());
+                l[r] = l[r] * alpha + four[0];
+                m[r] = mnew;
+                // O = alpha · O + Σ_j p_j V[j] (two accumulator sets: even and odd keys).
+                let or = base.add(o_off + r * d);
+                let av = S::splat(alpha);
+                let mut a0 = [S::zero(); ND];
+                let mut a1 = [S::zero(); ND];
+                for c in 0..ND {
+                    a0[c] = S::mul(S::load(or.add(c * S::L)), av);
+                }
+                let mut j = 0;
+                while j + 2 <= visible {
+                    let (p0, p1) = (S::splat(*sr.add(j)), S::splat(*sr.add(j + 1)));
+                    let v0 = vp.add((kb + j) * stride);
+                    let v1 = v0.add(stride);
+                    for c in 0..ND {
+                        a0[c] = S::fma(p0, S::load(v0.add(c * S::L)), a0[c]);
+                        a1[c] = S::fma(p1, S::load(v1.add(c * S::L)), a1[c]);
+                    }
+                    j += 2;
+                }
+                if j < visible {
+                    let p0 = S::splat(*sr.add(j));
+                    let v0 = vp.add((kb + j) * stride);
+                    for c in 0..ND {
+                        a0[c] = S::fma(p0, S::load(v0.add(c * S::L)), a0[c]);
+                    }
+                }
+                for c in 0..ND {
+                    S::store(or.add(c * S::L), S::add(a0[c], a1[c]));
+                }
+            }
+            kb = ke;
+        }
+    }
+    let o = &buf[o_off..s_off];
+    match sink {
+        Sink::Out(out) => {
+            for (r, row) in out.iter_mut().enumerate() {
+                let inv = 1.0 / l[r];
+                for (y, x) in row.iter_mut().zip(&o[r * d..(r + 1) * d]) {
+                    *y = x * inv;
+                }
+            }
+        }
+        Sink::Partial(part) => {
+            for (r, row) in part.chunks_exact_mut(d + 2).enumerate() {
+                row[0] = m[r];
+                row[1] = l[r];
+                row[2..].copy_from_slice(&o[r * d..(r + 1) * d]);
             }
         }
     }
