@@ -4,7 +4,7 @@
 # one process per model so that each peak memory is that model's own. Prints one JSON
 # line per run (and keeps them in target/bench/*.json). Not run by CI.
 #
-#   bash scripts/bench.sh            # everything (about 25 minutes on 2 cores)
+#   bash scripts/bench.sh            # everything (about 20 minutes on 2 cores)
 #   RUNS=3 bash scripts/bench.sh     # best of 3
 #
 # The big shapes run shortened workloads (fewer W1 sequences, a shorter W2 prompt):
@@ -23,6 +23,11 @@ one() {
 }
 one smollm2-q4_1 
 one smollm2-q4_1-shared-prefix --share-prefix --workload w1
+one smollm2-q4_1-int8 --kernel int8
+# The same weights re-quantized at load (q8_0, q4_0, q4_k) and expanded to f32 (dense).
+for q in q8_0 q4_0 q4_k dense; do
+  one "smollm2-$q" --quant "$q"
+done
 one llama-3.2-1b-q4_0 --synthetic llama-3.2-1b --sequences 10 --prompt-tokens 512 --decode-tokens 16
 one llama-3.2-3b-q4_0 --synthetic llama-3.2-3b --sequences 4 --prompt-tokens 256 --decode-tokens 8
 one llama-3.1-8b-q4_0 --synthetic llama-3.1-8b --sequences 2 --prompt-tokens 256 --decode-tokens 8
