@@ -639,16 +639,15 @@ unsafe fn rows<S: Vf, const ND: usize>(
         while kb < t.k1 {
             let ke = (kb + ROW_BK).min(t.k1);
             let nk = ke - kb;
-            // Prefetch the next block's K and V rows (a long KV cache streams from
-            // memory; with one kv head per tile the access is strided, which the
-            // hardware prefetchers follow poorly).
+            // Prefetch the next block's K and V rows into L2 (a long KV cache streams
+            // from memory; into L1 they would evict the block in use, measured slower).
             let next = (t.k1 - ke).min(ROW_BK);
             for j in 0..next {
                 let (kr, vr) = (k0p.add((ke + j) * stride), v0p.add((ke + j) * stride));
                 let mut c = h_lo * d;
                 while c < h_hi * d {
-                    _mm_prefetch::<_MM_HINT_T0>(kr.add(c) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(vr.add(c) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T1>(kr.add(c) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T1>(vr.add(c) as *const i8);
                     c += 16;
                 }
             }

@@ -534,6 +534,24 @@ impl Llama {
         outputs: Outputs,
         options: ForwardOptions,
     ) -> crate::Result<ForwardOutput> {
+        if self.device.is_cpu() && rayon::current_thread_index().is_none() {
+            // The CPU kernels split every product and attention over the rayon pool.
+            // Called from outside it, each of those hundreds of splits per pass would
+            // hand its work to the pool and sleep until it is done; run the whole pass
+            // on a pool thread instead, so the splits are cheap work-stealing joins.
+            return rayon::scope(|_| self.forward_pass(batch, caches, outputs, options));
+        }
+        self.forward_pass(batch, caches, outputs, options)
+    }
+
+    /// The body of [`Llama::forward_with`].
+    fn forward_pass(
+        &self,
+        batch: &Batch,
+        caches: &mut [KvCache],
+        outputs: Outputs,
+        options: ForwardOptions,
+    ) -> crate::Result<ForwardOutput> {
         self.check_batch(batch, caches)?;
         if let Some(a) = options.adapter {
             if a.0 >= self.adapters.len() {
