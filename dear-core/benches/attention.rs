@@ -169,7 +169,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     if only.as_ref().is_none_or(|o| o == "d") {
-        cold_decode(scale)?;
+        cold_decode(scale, budget)?;
     }
     Ok(())
 }
@@ -177,7 +177,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// (d) decode as in a model: one query against 2,100 cached keys in each of 30
 /// layers, every layer its own K/V (97 MB in all, more than the caches hold), so K and
 /// V stream from memory as in generation. Reported per layer.
-fn cold_decode(scale: f32) -> Result<(), Box<dyn std::error::Error>> {
+fn cold_decode(scale: f32, budget: Duration) -> Result<(), Box<dyn std::error::Error>> {
     const LAYERS: usize = 30;
     const LK: usize = 2100;
     let mut seed = 1u32;
@@ -195,12 +195,8 @@ fn cold_decode(scale: f32) -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let spans = [SeqSpan { q: 0..1, k: 0..LK }];
     let mut out = vec![0f32; HQ * D];
-    let secs: f64 = std::env::var("ATTN_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2.0);
     for isa in Isa::available().into_iter().filter(|i| *i != Isa::Scalar) {
-        let t = time(Duration::from_secs_f64(secs), || {
+        let t = time(budget, || {
             for (k, v) in &kv {
                 attention_with(isa, &q, k, v, &spans, HQ, HKV, D, scale, &mut out)
                     .expect("attention");

@@ -925,55 +925,28 @@ mod tests {
         assert!(e.contains("out has"), "{e}");
         let e = err(attention(&q, &kv, &kv, &ok, hq, hkv, d, f32::NAN, &mut out));
         assert!(e.contains("scale"), "{e}");
-        let span = |q: Range<usize>, k: Range<usize>| [SeqSpan { q, k }];
-        let e = err(attention(
-            &q,
-            &kv,
-            &kv,
-            &span(0..4, 0..5),
-            hq,
-            hkv,
-            d,
-            1.0,
-            &mut out,
-        ));
+        // The error for one span (query rows, key rows) over otherwise valid arguments.
+        let mut span_err = |qr: Range<usize>, kr: Range<usize>| {
+            err(attention(
+                &q,
+                &kv,
+                &kv,
+                &[SeqSpan { q: qr, k: kr }],
+                hq,
+                hkv,
+                d,
+                1.0,
+                &mut out,
+            ))
+        };
+        let e = span_err(0..4, 0..5);
         assert!(e.contains("span 0: query rows"), "{e}");
-        let e = err(attention(
-            &q,
-            &kv,
-            &kv,
-            &span(0..1, 2..6),
-            hq,
-            hkv,
-            d,
-            1.0,
-            &mut out,
-        ));
+        let e = span_err(0..1, 2..6);
         assert!(e.contains("span 0: key rows"), "{e}");
         #[allow(clippy::reversed_empty_ranges)]
-        let e = err(attention(
-            &q,
-            &kv,
-            &kv,
-            &span(2..1, 0..5),
-            hq,
-            hkv,
-            d,
-            1.0,
-            &mut out,
-        ));
+        let e = span_err(2..1, 0..5);
         assert!(e.contains("query rows"), "{e}");
-        let e = err(attention(
-            &q,
-            &kv,
-            &kv,
-            &span(0..3, 0..2),
-            hq,
-            hkv,
-            d,
-            1.0,
-            &mut out,
-        ));
+        let e = span_err(0..3, 0..2);
         assert!(e.contains("3 queries but only 2 keys"), "{e}");
         let two = [SeqSpan { q: 0..2, k: 0..2 }, SeqSpan { q: 1..3, k: 2..5 }];
         let e = err(attention(&q, &kv, &kv, &two, hq, hkv, d, 1.0, &mut out));
@@ -984,7 +957,7 @@ mod tests {
             &q,
             &kv,
             &kv,
-            &span(1..1, 0..0),
+            &[SeqSpan { q: 1..1, k: 0..0 }],
             hq,
             hkv,
             d,

@@ -62,6 +62,29 @@ pub enum Precision {
     Int16,
 }
 
+impl Precision {
+    /// How a block is rounded: `(lim, scale_mul, s_mul)`: the integers are
+    /// `round(x · (127 / amax) · scale_mul)` clamped to `±lim`, and the block's scale
+    /// is `(amax / 127) · s_mul` (Int16 keeps 8 more bits, rescaled by [`RS`]).
+    pub(super) fn rounding(self) -> (i32, f32, f32) {
+        match self {
+            Precision::Int8 => (127, 1.0, 1.0),
+            Precision::Int16 => (X16_MAX, 256.0, RS),
+        }
+    }
+}
+
+/// `(amax / 127, 127 / amax)` of a block, or zeros for an all-zero block (every
+/// level's quantization uses this, so they agree exactly).
+#[inline(always)]
+pub(super) fn block_scale(amax: f32) -> (f32, f32) {
+    if amax > 0.0 {
+        (amax / 127.0, 127.0 / amax)
+    } else {
+        (0.0, 0.0)
+    }
+}
+
 /// Values per activation block and per weight (sub-)block.
 const QK: usize = 32;
 /// Output columns per unpacked weight tile (the many-row kernels' panel width).
@@ -554,28 +577,15 @@ fn quantize_rows(precision: Precision, rows: RowsMut<'_>) {
         for b in 0..nb {
             let xb: &[f32; QK] = x[b * QK..(b + 1) * QK].try_into().expect("block");
             let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let (dx, id) = if amax > 0.0 {
-                (amax / 127.0, 127.0 / amax)
-            } else {
-                (0.0, 0.0)
-            };
+            let (dx, id) = block_scale(amax);
             let at = r * lda + b * QK;
             let mut ints = [0i32; QK];
-            match precision {
-                Precision::Int8 => {
-                    for (i, v) in ints.iter_mut().zip(xb) {
-                        *i = (round(v * id) as i32).clamp(-127, 127);
-                    }
-                    s[r * nb + b] = dx;
-                }
-                Precision::Int16 => {
-                    let id = id * 256.0;
-                    for (i, v) in ints.iter_mut().zip(xb) {
-                        *i = (round(v * id) as i32).clamp(-X16_MAX, X16_MAX);
-                    }
-                    s[r * nb + b] = dx * RS;
-                }
+            let (lim, scale_mul, s_mul) = precision.rounding();
+            let id = id * scale_mul;
+            for (i, v) in ints.iter_mut().zip(xb) {
+                *i = (round(v * id) as i32).clamp(-lim, lim);
             }
+            s[r * nb + b] = dx * s_mul;
             let total: i32 = ints.iter().sum();
             sum[r * nb + b] = total;
             sa[r * nb + b] = s[r * nb + b] * total as f32;
@@ -1147,38 +1157,47 @@ mod tests {
         Ok(())
     }
 
+    /// Every SIMD level against the scalar reference, at both precisions: within 1e-5
+    /// of `Σ |w||x|` (`mag`) per output, f32 summation order being the only difference.
+    #[allow(clippy::too_many_arguments)]
+    fn check_levels(
+        dtype: GgmlDType,
+        w: &[u8],
+        n: usize,
+        k: usize,
+        x: &[f32],
+        m: usize,
+        mag: &[f64],
+        what: &str,
+    ) -> crate::Result<()> {
+        for precision in PRECISIONS {
+            let mut want = vec![0f32; m * n];
+            matmul_with(Isa::Scalar, dtype, w, n, k, x, m, &mut want, precision)?;
+            let want: Vec<f64> = want.iter().map(|v| *v as f64).collect();
+            for isa in Isa::available() {
+                let mut got = vec![f32::NAN; m * n];
+                matmul_with(isa, dtype, w, n, k, x, m, &mut got, precision)?;
+                let err = worst_rel(&got, &want, mag);
+                assert!(
+                    err <= 1e-5,
+                    "{dtype:?} {precision:?} {isa:?} {what}: error {err:e}"
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Every SIMD level equals the scalar reference up to f32 summation order.
     #[test]
     fn simd_levels_match_reference() -> crate::Result<()> {
         for dtype in DTYPES {
             for k in ks(dtype) {
                 for n in [40usize, 67] {
-                    let (w, _) = weights(dtype, n, k, n as u64 + k as u64)?;
+                    let (w, wf) = weights(dtype, n, k, n as u64 + k as u64)?;
                     for m in [1usize, 3, 8, 9, 37] {
                         let x = values(m * k, 100 + m as u64);
-                        let mut mag = vec![0f64; m * n];
-                        let wf = weights(dtype, n, k, n as u64 + k as u64)?.1;
-                        for i in 0..m {
-                            for j in 0..n {
-                                mag[i * n + j] = (0..k)
-                                    .map(|l| (x[i * k + l] as f64 * wf[j * k + l] as f64).abs())
-                                    .sum();
-                            }
-                        }
-                        for precision in PRECISIONS {
-                            let mut want = vec![0f32; m * n];
-                            matmul_with(Isa::Scalar, dtype, &w, n, k, &x, m, &mut want, precision)?;
-                            let want: Vec<f64> = want.iter().map(|v| *v as f64).collect();
-                            for isa in Isa::available() {
-                                let mut got = vec![f32::NAN; m * n];
-                                matmul_with(isa, dtype, &w, n, k, &x, m, &mut got, precision)?;
-                                let err = worst_rel(&got, &want, &mag);
-                                assert!(
-                                    err <= 1e-5,
-                                    "{dtype:?} {precision:?} {isa:?} m {m} n {n} k {k}: error {err:e}"
-                                );
-                            }
-                        }
+                        let (_, mag) = exact(&wf, &x, n, k, m);
+                        check_levels(dtype, &w, n, k, &x, m, &mag, &format!("m {m} n {n} k {k}"))?;
                     }
                 }
             }
@@ -1236,20 +1255,7 @@ mod tests {
                 assert!(task_count(m * n * k) > 1 || rayon::current_num_threads() == 1);
                 let x = values(m * k, 22);
                 let (_, mag) = exact(&wf, &x, n, k, m);
-                for precision in PRECISIONS {
-                    let mut want = vec![0f32; m * n];
-                    matmul_with(Isa::Scalar, dtype, &w, n, k, &x, m, &mut want, precision)?;
-                    let want: Vec<f64> = want.iter().map(|v| *v as f64).collect();
-                    for isa in Isa::available() {
-                        let mut got = vec![f32::NAN; m * n];
-                        matmul_with(isa, dtype, &w, n, k, &x, m, &mut got, precision)?;
-                        let err = worst_rel(&got, &want, &mag);
-                        assert!(
-                            err <= 1e-5,
-                            "{dtype:?} {precision:?} {isa:?} m {m}: {err:e}"
-                        );
-                    }
-                }
+                check_levels(dtype, &w, n, k, &x, m, &mag, &format!("m {m}"))?;
             }
         }
         Ok(())

@@ -8,8 +8,8 @@
 use std::arch::x86_64::*;
 
 use super::{
-    scale_min_k4, Acts, DecodeActs, Format, Isa, OutBlock, PanelKind, Precision, Problem, RowsMut,
-    Tile, TileMut, DECODE_MAX_ROWS, NR, QK,
+    block_scale, scale_min_k4, Acts, DecodeActs, Format, Isa, OutBlock, PanelKind, Precision,
+    Problem, RowsMut, Tile, TileMut, DECODE_MAX_ROWS, NR, QK,
 };
 
 /// Rows per AVX-512 micro-tile (× [`NR`] = 32 columns: 2 × 6 i32 block sums and
@@ -64,17 +64,6 @@ fn check_rows(rows: &RowsMut<'_>) -> usize {
     m
 }
 
-/// The scalar part of a block's quantization, exactly as `qgemm::quantize_rows`:
-/// `(dx, 1 / dx)` from `max |x|`, or zeros.
-#[inline(always)]
-fn block_scale(amax: f32) -> (f32, f32) {
-    if amax > 0.0 {
-        (amax / 127.0, 127.0 / amax)
-    } else {
-        (0.0, 0.0)
-    }
-}
-
 /// `qgemm::quantize_rows` with explicit AVX-512: the same IEEE operations (so the
 /// same results for finite inputs), 16 values per instruction.
 ///
@@ -84,11 +73,7 @@ fn block_scale(amax: f32) -> (f32, f32) {
 unsafe fn quantize_rows_avx512(precision: Precision, rows: RowsMut<'_>, m: usize) {
     let (k, lda, nb) = (rows.k, rows.lda, rows.k / QK);
     let int16 = precision == Precision::Int16;
-    let (lim, scale_mul, s_mul) = if int16 {
-        (super::X16_MAX, 256.0, super::RS)
-    } else {
-        (127, 1.0, 1.0)
-    };
+    let (lim, scale_mul, s_mul) = precision.rounding();
     let magic = _mm512_set1_ps(super::ROUND_MAGIC);
     let (hi_lim, lo_lim) = (_mm512_set1_epi32(lim), _mm512_set1_epi32(-lim));
     let half = _mm512_set1_epi32(128);
@@ -145,11 +130,7 @@ unsafe fn quantize_rows_avx512(precision: Precision, rows: RowsMut<'_>, m: usize
 unsafe fn quantize_rows_avx2(precision: Precision, rows: RowsMut<'_>, m: usize) {
     let (k, lda, nb) = (rows.k, rows.lda, rows.k / QK);
     let int16 = precision == Precision::Int16;
-    let (lim, scale_mul, s_mul) = if int16 {
-        (super::X16_MAX, 256.0, super::RS)
-    } else {
-        (127, 1.0, 1.0)
-    };
+    let (lim, scale_mul, s_mul) = precision.rounding();
     let magic = _mm256_set1_ps(super::ROUND_MAGIC);
     let (hi_lim, lo_lim) = (_mm256_set1_epi32(lim), _mm256_set1_epi32(-lim));
     let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
