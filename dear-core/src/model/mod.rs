@@ -596,12 +596,7 @@ impl Llama {
             .rope
             .tables(batch.positions(), self.dtype, &self.device)?;
         let n = batch.num_sequences();
-        let seqlens: Vec<u32> = (0..n).map(|i| batch.seq_len(i) as u32).collect();
-        let pack = PackInfo {
-            ranges: (0..n).map(|i| batch.range(i)).collect(),
-            max_len: seqlens.iter().copied().max().unwrap_or(0) as usize,
-            seqlens: Tensor::new(seqlens.as_slice(), &Device::Cpu)?,
-        };
+        let pack = PackInfo::new((0..n).map(|i| batch.range(i)).collect())?;
         for (l, block) in self.layers.iter().enumerate() {
             x = block.forward(&x, &tables, &pack, caches, l, &ctx)?;
         }

@@ -61,9 +61,10 @@ struct ModelArgs {
     /// --dtype), q8_0, q4_0 or q4_k (GGUF blocks are re-quantized from their values).
     #[arg(long, default_value = "none")]
     quant: Quantization,
-    /// Dtype of dense weights and activations: f32, f16 or bf16.
-    #[arg(long, default_value = "f32")]
-    dtype: WeightDType,
+    /// Dtype of dense weights and activations: f32, f16 or bf16. Default: f32 on the
+    /// CPU, bf16 on CUDA (as DeAR's reference runs its models on a GPU).
+    #[arg(long)]
+    dtype: Option<WeightDType>,
     /// CPU products with quantized weights: int16 (activations rounded to ~15 bits per
     /// block of 32; within ~1e-4 of f32), int8 (8 bits, as llama.cpp; fastest) or
     /// dequantize (weights expanded to f32 per product; the slow reference).
@@ -86,7 +87,10 @@ impl ModelArgs {
         }
         LoadOptions::default()
             .with_device(self.device)
-            .with_dtype(self.dtype)
+            .with_dtype(self.dtype.unwrap_or(match self.device {
+                Device::Cpu => WeightDType::F32,
+                Device::Cuda(_) => WeightDType::BF16,
+            }))
             .with_quantization(self.quant)
             .with_quantized_matmul(self.kernel)
             .with_hub(hub)
