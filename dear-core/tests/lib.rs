@@ -1,6 +1,7 @@
 //! dear-core's integration tests: one binary, one module per area.
 
 mod common;
+mod device;
 mod errors;
 mod gguf;
 mod hub;

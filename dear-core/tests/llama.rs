@@ -8,7 +8,7 @@ use dear_core::{
 
 use crate::common::{expected, fixture, floats, ids, max_abs_diff, pearson, TestResult};
 
-const FIXTURES: &[&str] = &[
+pub(crate) const FIXTURES: &[&str] = &[
     "tiny-gqa",
     "tiny-llama3",
     "tiny-bf16",

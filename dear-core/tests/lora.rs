@@ -11,20 +11,20 @@ use dear_core::{
 
 use crate::common::{fixture, floats, ids, max_abs_diff, TestResult};
 
-fn lora_dir(name: &str) -> PathBuf {
+pub(crate) fn lora_dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden/lora")
         .join(name)
 }
 
-fn expected() -> serde_json::Value {
+pub(crate) fn expected() -> serde_json::Value {
     let text = std::fs::read_to_string(lora_dir("expected.json")).expect("lora/expected.json");
     serde_json::from_str(&text).expect("valid json")
 }
 
 /// tiny-gqa with room for DeAR's 228-token inputs (transformers ignores
 /// `max_position_embeddings`; dear enforces it).
-fn base_copy(from: &Path) -> tempfile::TempDir {
+pub(crate) fn base_copy(from: &Path) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     for e in std::fs::read_dir(from).expect("dir") {
         let e = e.expect("entry");
@@ -39,9 +39,9 @@ fn base_copy(from: &Path) -> tempfile::TempDir {
 }
 
 /// Queries, passages, the (query, passage) pair of each case, and each case's input ids.
-type Cases = (Vec<Query>, Vec<Passage>, Vec<(usize, usize)>, Vec<Vec<u32>>);
+pub(crate) type Cases = (Vec<Query>, Vec<Passage>, Vec<(usize, usize)>, Vec<Vec<u32>>);
 
-fn cases(exp: &serde_json::Value) -> Cases {
+pub(crate) fn cases(exp: &serde_json::Value) -> Cases {
     let d = &exp["dear_inputs"];
     let queries: Vec<Query> = d["queries"]
         .as_array()
@@ -73,7 +73,7 @@ fn cases(exp: &serde_json::Value) -> Cases {
     (queries, passages, pairs, inputs)
 }
 
-fn scores_of(
+pub(crate) fn scores_of(
     scorer: &PointwiseScorer,
     exp: &serde_json::Value,
 ) -> Result<Vec<f32>, Box<dyn std::error::Error>> {
@@ -90,7 +90,7 @@ fn scores_of(
     Ok(out)
 }
 
-fn want(exp: &serde_json::Value, key: &str) -> Vec<f32> {
+pub(crate) fn want(exp: &serde_json::Value, key: &str) -> Vec<f32> {
     floats(&serde_json::json!([exp["scores"][key]]))[0].clone()
 }
 
