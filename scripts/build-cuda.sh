@@ -48,8 +48,10 @@
 # also keeps per-kernel objects in its OUT_DIR), so later builds only redo what changed.
 #
 # What to carry to the GPU machine:
-#   - the executables printed at the end (target/cuda/release/dear, target/cuda/release/deps/*
-#     test/bench executables), which carry their PTX/SASS (sm_90) inside;
+#   - target/gpu-carry/ (made at the end of a full build): `dear` and dear-core's integration
+#     tests, xz-compressed (each executable is ~65 MB with its sm_90 kernels inside, over the
+#     device tool's 64 MiB carry limit; ~10 MB compressed). scripts/gpu-run.sh unpacks and runs
+#     them there (golden checks on CUDA, then dear and the PyTorch reference side by side);
 #   - the CUDA 13 runtime libraries, unless the machine already has them:
 #       libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13
 #       (+ libnvrtc-builtins.so.13.0, which nvrtc loads itself)
@@ -323,6 +325,25 @@ full_build() {
 $(readelf -d "$dear" | grep -E 'RPATH|RUNPATH' || echo none)"
   log "driver symbols dear imports from libcuda.so.1: $(nm -D --undefined-only "$dear" | grep -cE ' cu[A-Z]')"
   log "carry: the executables above + libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13 libnvrtc-builtins.so.13.0 from ${CUDA_TREE#$ROOT/}/lib (NOT lib/stubs); run with LD_LIBRARY_PATH=<that lib dir>"
+  pack_carry "$dear" $tests
+}
+
+# The GPU machine takes at most 64 MiB of carried files; one executable with candle's
+# kernels is ~65 MB (half of it the sm_90 fatbin), ~10 MB compressed. Packs `dear` and
+# dear-core's integration tests, xz-compressed, into target/gpu-carry/ for
+# scripts/gpu-run.sh (which unpacks them with Python's lzma).
+pack_carry() {
+  local carry="$ROOT/target/gpu-carry" dear="$1"; shift
+  rm -rf "$carry"; mkdir -p "$carry"
+  xz -T0 -6 -c "$dear" >"$carry/dear.xz"
+  local t
+  for t in "$@"; do
+    case "$(basename "$t")" in
+      integration-*) xz -T0 -6 -c "$t" >"$carry/integration.xz" ;;
+    esac
+  done
+  git -C "$ROOT" rev-parse HEAD >"$carry/commit"
+  log "packed for the GPU machine: ${carry#$ROOT/}/ ($(du -sh "$carry" | cut -f1)): $(ls "$carry" | tr '\n' ' ')"
 }
 
 install_wheels
