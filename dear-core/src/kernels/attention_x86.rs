@@ -320,6 +320,22 @@ pub(super) fn run_tile(
     }
 }
 
+/// Returns [`rows`] at vector type `$s` from the enclosing function when the head dim
+/// is 2, 4, 8 or 16 of its vectors (the widths `rows` is built for).
+macro_rules! try_rows {
+    ($s:ty, $t:expr, $dm:expr, $q:expr, $k:expr, $v:expr, $scratch:expr, $sink:expr) => {
+        if $dm.d.is_multiple_of(<$s>::L) {
+            match $dm.d / <$s>::L {
+                2 => return rows::<$s, 2>($t, $dm, $q, $k, $v, $scratch, $sink),
+                4 => return rows::<$s, 4>($t, $dm, $q, $k, $v, $scratch, $sink),
+                8 => return rows::<$s, 8>($t, $dm, $q, $k, $v, $scratch, $sink),
+                16 => return rows::<$s, 16>($t, $dm, $q, $k, $v, $scratch, $sink),
+                _ => {}
+            }
+        }
+    };
+}
+
 /// The AVX-512 tile: `zmm` rows, or `ymm` when the tile has at most 8 rows (decode:
 /// same throughput per lane on Zen 4, half the padding). Tiles for [`rows`] take its
 /// `ymm` form where the head dim allows: cheaper horizontal sums, and measured 1.3×
@@ -341,23 +357,9 @@ unsafe fn tile_avx512(
     // SAFETY: the features are enabled here, as `rows` and `tile` need; bounds from
     // the caller.
     unsafe {
-        if (nr <= ROW_KERNEL_ROWS || t.b > dm.group) && dm.d.is_multiple_of(Y::L) {
-            match dm.d / Y::L {
-                2 => return rows::<Y, 2>(t, dm, q, k, v, scratch, sink),
-                4 => return rows::<Y, 4>(t, dm, q, k, v, scratch, sink),
-                8 => return rows::<Y, 8>(t, dm, q, k, v, scratch, sink),
-                16 => return rows::<Y, 16>(t, dm, q, k, v, scratch, sink),
-                _ => {}
-            }
-        }
-        if (nr <= ROW_KERNEL_ROWS || t.b > dm.group) && dm.d.is_multiple_of(Z::L) {
-            match dm.d / Z::L {
-                2 => return rows::<Z, 2>(t, dm, q, k, v, scratch, sink),
-                4 => return rows::<Z, 4>(t, dm, q, k, v, scratch, sink),
-                8 => return rows::<Z, 8>(t, dm, q, k, v, scratch, sink),
-                16 => return rows::<Z, 16>(t, dm, q, k, v, scratch, sink),
-                _ => {}
-            }
+        if nr <= ROW_KERNEL_ROWS || t.b > dm.group {
+            try_rows!(Y, t, dm, q, k, v, scratch, sink);
+            try_rows!(Z, t, dm, q, k, v, scratch, sink);
         }
         match nr.div_ceil(Z::L) {
             _ if nr <= Y::L => tile::<Y, 1, 8>(t, dm, q, k, v, scratch, sink),
@@ -386,14 +388,8 @@ unsafe fn tile_avx2(
     // SAFETY: the features are enabled here, as `rows` and `tile` need; bounds from
     // the caller.
     unsafe {
-        if (nr <= ROW_KERNEL_ROWS_AVX2 || t.b > dm.group) && dm.d.is_multiple_of(Y::L) {
-            match dm.d / Y::L {
-                2 => return rows::<Y, 2>(t, dm, q, k, v, scratch, sink),
-                4 => return rows::<Y, 4>(t, dm, q, k, v, scratch, sink),
-                8 => return rows::<Y, 8>(t, dm, q, k, v, scratch, sink),
-                16 => return rows::<Y, 16>(t, dm, q, k, v, scratch, sink),
-                _ => {}
-            }
+        if nr <= ROW_KERNEL_ROWS_AVX2 || t.b > dm.group {
+            try_rows!(Y, t, dm, q, k, v, scratch, sink);
         }
         match nr.div_ceil(Y::L) {
             1 => tile::<Y, 1, 8>(t, dm, q, k, v, scratch, sink),
