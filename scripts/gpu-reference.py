@@ -40,9 +40,11 @@ import transformers
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, GenerationConfig,
                           LlamaConfig)
 
-DATA = Path(__file__).resolve().parent.parent / "benches" / "data"
+# The workloads as scripts/peers.py reads them (a stdlib-only module beside this one).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import W1_QUERY_TOKENS, load_w1, load_w2  # noqa: E402
+
 PAD = 0  # no W1 or W2 token is 0, so the last non-pad token is the last real one
-W1_QUERY_TOKENS = 22_800  # 100 x 228: W1's seconds per query are scaled to this
 
 
 def llama3(hidden: int, intermediate: int, layers: int, heads: int, head_dim: int, tied: bool, factor: float) -> dict:
@@ -65,18 +67,6 @@ SHAPES = {
 
 def log(msg: str) -> None:
     print(f"[gpu-reference] {msg}", file=sys.stderr, flush=True)
-
-
-def load_w1(n: int) -> list[list[int]]:
-    with open(DATA / "w1_pointwise.jsonl", encoding="utf-8") as f:
-        seqs = [json.loads(line)["ids"] for line in f if line.strip()]
-    return seqs[: max(1, n)]
-
-
-def load_w2(n: int | None) -> list[int]:
-    with open(DATA / "w2_listwise.json", encoding="utf-8") as f:
-        ids = json.load(f)["ids"]
-    return ids[: max(1, n)] if n else ids
 
 
 def build(auto_cls, args, device: torch.device):

@@ -39,9 +39,9 @@ pub(crate) fn base_copy(from: &Path) -> tempfile::TempDir {
 }
 
 /// Queries, passages, the (query, passage) pair of each case, and each case's input ids.
-pub(crate) type Cases = (Vec<Query>, Vec<Passage>, Vec<(usize, usize)>, Vec<Vec<u32>>);
+type Cases = (Vec<Query>, Vec<Passage>, Vec<(usize, usize)>, Vec<Vec<u32>>);
 
-pub(crate) fn cases(exp: &serde_json::Value) -> Cases {
+fn cases(exp: &serde_json::Value) -> Cases {
     let d = &exp["dear_inputs"];
     let queries: Vec<Query> = d["queries"]
         .as_array()
