@@ -20,7 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // A GGUF file, a Hugging Face directory or a hub id all load the same way.
     let model = default_model_path();
-    let lm = LanguageModel::load(&model.to_string_lossy(), &LoadOptions::default())?;
+    let lm = LanguageModel::load(model, &LoadOptions::default())?;
 
     // The chat template renders the conversation exactly as transformers'
     // `apply_chat_template(..., add_generation_prompt=True)` does.

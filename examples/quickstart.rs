@@ -44,10 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     writer.commit()?;
 
     // 2. A reranker: both stages on the default model, shared by any number of searches.
-    let lm = LanguageModel::load(
-        &default_model_path().to_string_lossy(),
-        &LoadOptions::default(),
-    )?;
+    let lm = LanguageModel::load(default_model_path(), &LoadOptions::default())?;
     let reranker = DearReranker::for_model(Arc::new(lm))?;
 
     // 3. Search: BM25 top 12, pointwise over all of them, listwise over the top 5.

@@ -43,7 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     writer.commit()?;
 
     let lm = Arc::new(LanguageModel::load(
-        &default_model_path().to_string_lossy(),
+        default_model_path(),
         &LoadOptions::default(),
     )?);
     let reranker = DearReranker::new().with_pointwise(Reranker::new(

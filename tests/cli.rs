@@ -40,10 +40,7 @@ fn generate_json_matches_the_library() -> TestResult {
         .iter()
         .filter_map(|v| v.as_u64().map(|v| v as u32))
         .collect();
-    let lm = dear::dear_core::LanguageModel::load(
-        &model.to_string_lossy(),
-        &dear::dear_core::LoadOptions::default(),
-    )?;
+    let lm = dear::dear_core::LanguageModel::load(model, &dear::dear_core::LoadOptions::default())?;
     let prompt = lm.plain_prompt("hello there")?;
     let opts = dear::dear_core::GenerateOptions::default().with_max_new_tokens(6);
     let lib = lm.generate(&prompt, &opts, &mut |_| true)?;
@@ -257,7 +254,7 @@ fn score_json_matches_the_library() -> TestResult {
     assert_eq!(indices, vec![0, 1, 2, 3]);
     let ids: Vec<Option<&str>> = rows.iter().map(|r| r.1.as_deref()).collect();
     assert_eq!(ids, vec![Some("rain"), Some("beir-1"), None, Some("42")]);
-    let lm = LanguageModel::load(&model.to_string_lossy(), &LoadOptions::default())?;
+    let lm = LanguageModel::load(model, &LoadOptions::default())?;
     let lib = library_scores(lm, PointwiseConfig::classifier())?;
     let cli: Vec<f32> = rows.iter().map(|r| r.2).collect();
     assert_close(&cli, &lib);
@@ -320,7 +317,7 @@ fn score_with_a_classifier_adapter() -> TestResult {
         &docs,
     )?;
     let lm = LanguageModel::load(
-        &model.to_string_lossy(),
+        model,
         &LoadOptions::default().with_adapter(adapter.to_string_lossy(), AdapterMode::Merged),
     )?;
     let lib = library_scores(lm, PointwiseConfig::classifier())?;
@@ -351,7 +348,7 @@ fn score_yes_no_on_the_default_model() -> TestResult {
     );
     let dir = tempfile::tempdir()?;
     let docs = write_docs(dir.path(), "docs.jsonl", DOCS.as_bytes())?;
-    let lm = LanguageModel::load(&path.to_string_lossy(), &LoadOptions::default())?;
+    let lm = LanguageModel::load(path, &LoadOptions::default())?;
     let lib = library_scores(lm, PointwiseConfig::yes_no())?;
     // No --model and --head auto: the default model has no score head.
     let rows = score_json(&[], &docs)?;
@@ -547,7 +544,7 @@ fn generate_with_a_merged_adapter() -> TestResult {
         .filter_map(|v| v.as_u64().map(|v| v as u32))
         .collect();
     let lm = LanguageModel::load(
-        &model.to_string_lossy(),
+        model,
         &LoadOptions::default().with_adapter(adapter.to_string_lossy(), AdapterMode::Merged),
     )?;
     let prompt = lm.plain_prompt("hello there")?;
@@ -694,10 +691,7 @@ fn listwise_first_token_matches_the_library() -> TestResult {
     let dir = tempfile::tempdir()?;
     let docs = write_docs(dir.path(), "docs.jsonl", DOCS.as_bytes())?;
     let shuffled = write_docs(dir.path(), "shuffled.jsonl", SHUFFLED_DOCS.as_bytes())?;
-    let lm = std::sync::Arc::new(LanguageModel::load(
-        &model.to_string_lossy(),
-        &LoadOptions::default(),
-    )?);
+    let lm = std::sync::Arc::new(LanguageModel::load(model, &LoadOptions::default())?);
     let (docs_list, shuffled_list) = (docs_passages(), shuffled_passages());
     let windows_of_two = WindowConfig {
         rank_start: 0,

@@ -69,10 +69,7 @@ fn main() -> Res<()> {
         )
         .into());
     }
-    let lm = Arc::new(LanguageModel::load(
-        &path.to_string_lossy(),
-        &LoadOptions::default(),
-    )?);
+    let lm = Arc::new(LanguageModel::load(path, &LoadOptions::default())?);
     let seqs = w1()?;
     let total: usize = seqs.iter().map(Vec::len).sum();
     let budget = 4096;

@@ -33,7 +33,7 @@ fn main() -> Res<()> {
         .unwrap_or(8);
     let c = Collection::load(&dir)?;
     let lm = Arc::new(LanguageModel::load(
-        &dear_core::default_model_path().to_string_lossy(),
+        dear_core::default_model_path(),
         &LoadOptions::default(),
     )?);
     let queries: Vec<_> = c.queries.iter().take(n).collect();

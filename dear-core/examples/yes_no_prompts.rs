@@ -31,7 +31,7 @@ fn main() -> Res<()> {
         .unwrap_or(30);
     let c = Collection::load(&dir)?;
     let lm = Arc::new(LanguageModel::load(
-        &dear_core::default_model_path().to_string_lossy(),
+        dear_core::default_model_path(),
         &LoadOptions::default(),
     )?);
     let prompts: Vec<(&str, Head)> = vec![

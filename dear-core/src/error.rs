@@ -132,6 +132,29 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    /// Input data (a corpus, queries, a passage file) is malformed.
+    #[error("{}:{line}: {reason}", path.display())]
+    Input {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number (0 when the problem is not on one line).
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// Qrels or a run could not be read or written.
+    #[error(transparent)]
+    Eval(#[from] crate::eval::EvalError),
+
+    /// A batch shared with other calls failed; every call in it gets this error.
+    #[error("{0}")]
+    Batch(std::sync::Arc<Error>),
+
+    /// An internal invariant does not hold (a bug in dear-core: please report it).
+    #[error("internal error: {0}")]
+    Internal(String),
+
     /// A call's deadline passed before it finished.
     #[error("deadline exceeded after {elapsed_ms} ms ({what})")]
     DeadlineExceeded {

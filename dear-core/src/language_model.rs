@@ -55,8 +55,16 @@ impl LanguageModel {
     /// # Errors
     /// Any loading error: missing or corrupt files (named), an unsupported
     /// architecture, tensors whose shapes do not fit the config, a missing tokenizer,
-    /// a hub id that is not cached while offline.
-    pub fn load(spec: &str, options: &LoadOptions) -> crate::Result<Self> {
+    /// a hub id that is not cached while offline; [`Error::InvalidArgument`] for a
+    /// path that is not UTF-8.
+    pub fn load(spec: impl AsRef<std::path::Path>, options: &LoadOptions) -> crate::Result<Self> {
+        let spec = spec.as_ref();
+        let spec = spec.to_str().ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "the model path '{}' is not valid UTF-8",
+                spec.display()
+            ))
+        })?;
         let mut adapters: Vec<AdapterSpec> = options.adapters().to_vec();
         let mut base_spec = spec.to_string();
         // An adapter given as the model: its config names the base (peft's AutoPeftModel).

@@ -30,8 +30,10 @@
 mod batch;
 mod chat_template;
 mod config;
+pub mod corpus;
 mod device;
 mod error;
+pub mod eval;
 mod generate;
 #[doc(hidden)]
 pub mod kernels;
@@ -39,6 +41,7 @@ mod language_model;
 mod loader;
 mod lora;
 mod model;
+mod pipeline;
 mod rerank;
 mod tokenizer;
 
@@ -54,11 +57,16 @@ pub use crate::loader::{
 };
 pub use crate::lora::AdapterMode;
 pub use crate::model::{AdapterId, ForwardOptions, ForwardOutput, KvCache, Llama, Outputs, Select};
+pub use crate::pipeline::{
+    relevance, Candidate, ChunkSpan, Chunking, DearSetup, HeadChoice, ListwiseStage,
+    PointwiseStage, RankedDocument, Ranking, RerankOptions, RerankReport, RerankedHit,
+    RerankedResults, Reranker, Stage, StageFailure, StageReport, StageStatus, Stages,
+};
 pub use crate::rerank::{
     has_ranking, listwise_passage_text, listwise_prompt_ids, parse_ranking, slide, EncodedQuery,
-    Head, IdBase, ListwiseConfig, ListwiseMode, ListwiseOutcome, ListwisePrompt, ListwiseReranker,
-    ParsedRanking, Passage, PointwiseConfig, PointwiseScorer, Query, Recipe, Reranker,
-    WindowConfig, WindowRecord, WindowReport,
+    Head, IdBase, ListwiseConfig, ListwiseMode, ListwiseOptions, ListwiseOutcome, ListwisePrompt,
+    ListwiseRanker, ParsedRanking, Passage, PointwiseConfig, PointwiseScorer, Query, Recipe,
+    Scheduler, Scored, Stopped, WindowConfig, WindowRecord, WindowReport,
 };
 pub use crate::tokenizer::Tokenizer;
 

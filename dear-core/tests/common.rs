@@ -75,7 +75,7 @@ pub fn default_model() -> LanguageModel {
         "the default model is missing at {}: run `bash scripts/fetch-model.sh` first",
         path.display()
     );
-    LanguageModel::load(&path.to_string_lossy(), &LoadOptions::default())
+    LanguageModel::load(path, &LoadOptions::default())
         .unwrap_or_else(|e| panic!("cannot load the default model: {e}"))
 }
 

@@ -55,7 +55,7 @@ fn argmax(v: &[f32]) -> usize {
 fn packed_logits_match_transformers_on_device() -> TestResult {
     for dtype in [WeightDType::F32, WeightDType::BF16] {
         for name in FIXTURES {
-            let lm = LanguageModel::load(&fixture(name).to_string_lossy(), &options(dtype))?;
+            let lm = LanguageModel::load(fixture(name), &options(dtype))?;
             let exp = expected(name);
             let inputs = ids(&exp["inputs"]);
             let want = floats(&exp["last_logits"]);
@@ -102,7 +102,7 @@ fn packed_logits_match_transformers_on_device() -> TestResult {
 #[test]
 fn greedy_generation_matches_transformers_on_device() -> TestResult {
     for name in FIXTURES {
-        let lm = LanguageModel::load(&fixture(name).to_string_lossy(), &options(WeightDType::F32))?;
+        let lm = LanguageModel::load(fixture(name), &options(WeightDType::F32))?;
         let exp = expected(name);
         let opts = GenerateOptions::default()
             .with_max_new_tokens(8)
@@ -129,7 +129,7 @@ fn unmerged_adapter_scores_match_peft_on_device() -> TestResult {
             lora::lora_dir("seqcls-a").to_string_lossy(),
             AdapterMode::Unmerged,
         );
-        let lm = Arc::new(LanguageModel::load(&base.path().to_string_lossy(), &opts)?);
+        let lm = Arc::new(LanguageModel::load(base.path(), &opts)?);
         let scorer = PointwiseScorer::new(lm, Some("seqcls-a"), PointwiseConfig::classifier())?;
         let got = lora::scores_of(&scorer, &exp)?;
         let d = max_abs_diff(&got, &want);

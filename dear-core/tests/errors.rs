@@ -7,7 +7,7 @@ use dear_core::{generate, Device, Error, GenerateOptions, HubOptions, LanguageMo
 use crate::common::{default_model, fixture, scratch_copy, TestResult};
 
 fn load_dir(dir: &std::path::Path) -> Result<LanguageModel, Error> {
-    LanguageModel::load(&dir.to_string_lossy(), &LoadOptions::default())
+    LanguageModel::load(dir, &LoadOptions::default())
 }
 
 fn edit_config(dir: &std::path::Path, f: impl FnOnce(&mut serde_json::Value)) -> TestResult {
@@ -154,14 +154,14 @@ fn truncated_gguf_is_named() -> TestResult {
     let path = dir.path().join("cut.gguf");
     let bytes = std::fs::read(&src)?;
     std::fs::File::create(&path)?.write_all(&bytes[..4 << 20])?;
-    let err = LanguageModel::load(&path.to_string_lossy(), &LoadOptions::default())
+    let err = LanguageModel::load(path, &LoadOptions::default())
         .err()
         .ok_or("loaded a truncated GGUF")?;
     assert!(matches!(err, Error::CorruptFile { .. }), "{err}");
     assert!(err.to_string().contains("truncated"), "{err}");
     // Not even a header.
     std::fs::write(&path, b"GGUF")?;
-    let err = LanguageModel::load(&path.to_string_lossy(), &LoadOptions::default())
+    let err = LanguageModel::load(path, &LoadOptions::default())
         .err()
         .ok_or("loaded a 4-byte GGUF")?;
     assert!(matches!(err, Error::CorruptFile { .. }), "{err}");
@@ -170,10 +170,7 @@ fn truncated_gguf_is_named() -> TestResult {
 
 #[test]
 fn empty_and_oversized_prompts() -> TestResult {
-    let lm = LanguageModel::load(
-        &fixture("tiny-gqa").to_string_lossy(),
-        &LoadOptions::default(),
-    )?;
+    let lm = LanguageModel::load(fixture("tiny-gqa"), &LoadOptions::default())?;
     assert!(matches!(lm.plain_prompt(""), Err(Error::EmptyInput(_))));
     assert!(matches!(lm.chat_prompt("   "), Err(Error::EmptyInput(_))));
     let opts = GenerateOptions::default().with_max_new_tokens(4);
@@ -200,10 +197,7 @@ fn empty_and_oversized_prompts() -> TestResult {
 
 #[test]
 fn generation_stops_at_the_context_end() -> TestResult {
-    let lm = LanguageModel::load(
-        &fixture("tiny-gqa").to_string_lossy(),
-        &LoadOptions::default(),
-    )?;
+    let lm = LanguageModel::load(fixture("tiny-gqa"), &LoadOptions::default())?;
     let prompt: Vec<u32> = (0..125).map(|i| 3 + (i % 300)).collect();
     let opts = GenerateOptions::default()
         .with_max_new_tokens(50)
@@ -217,7 +211,7 @@ fn generation_stops_at_the_context_end() -> TestResult {
 #[test]
 fn cuda_in_a_cpu_build_is_an_error() {
     let opts = LoadOptions::default().with_device(Device::Cuda(0));
-    let res = LanguageModel::load(&fixture("tiny-gqa").to_string_lossy(), &opts);
+    let res = LanguageModel::load(fixture("tiny-gqa"), &opts);
     if cfg!(feature = "cuda") {
         return;
     }

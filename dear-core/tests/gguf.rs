@@ -147,7 +147,7 @@ fn gguf_in_every_block_type_matches_transformers() -> TestResult {
     for (dtype, tol, min_r, at_load) in cases {
         let path = dir.path().join(format!("tiny-{dtype:?}.gguf"));
         write_gguf(&path, dtype)?;
-        let lm = LanguageModel::load(&path.to_string_lossy(), &LoadOptions::default())?;
+        let lm = LanguageModel::load(path, &LoadOptions::default())?;
         assert_eq!(lm.llama().config().num_kv_heads, 2);
         assert!(lm.llama().config().tie_word_embeddings);
         let out = lm
@@ -167,7 +167,7 @@ fn gguf_in_every_block_type_matches_transformers() -> TestResult {
         // names, q/k row permutation undone on quantized rows) changes nothing else.
         if let Some(q) = at_load {
             let direct = LanguageModel::load(
-                &fixture("tiny-gqa").to_string_lossy(),
+                fixture("tiny-gqa"),
                 &LoadOptions::default().with_quantization(q),
             )?;
             let other = direct

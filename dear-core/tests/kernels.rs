@@ -19,7 +19,7 @@ fn load(options: LoadOptions) -> Arc<LanguageModel> {
         path.display()
     );
     Arc::new(
-        LanguageModel::load(&path.to_string_lossy(), &options)
+        LanguageModel::load(path, &options)
             .unwrap_or_else(|e| panic!("cannot load the default model: {e}")),
     )
 }

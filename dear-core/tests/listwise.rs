@@ -181,7 +181,7 @@ fn listwise_and_pointwise_adapters_share_one_base() -> TestResult {
             dir.join("seqcls-a").to_string_lossy(),
             AdapterMode::Unmerged,
         );
-    let lm = LanguageModel::load(&fixture("tiny-gqa").to_string_lossy(), &opts)?;
+    let lm = LanguageModel::load(fixture("tiny-gqa"), &opts)?;
     let exp: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json"))?)?;
     let causal = lm.llama().adapter("causal-lora");

@@ -17,7 +17,7 @@ pub(crate) const FIXTURES: &[&str] = &[
 ];
 
 fn load(name: &str, options: &LoadOptions) -> LanguageModel {
-    LanguageModel::load(&fixture(name).to_string_lossy(), options)
+    LanguageModel::load(fixture(name), options)
         .unwrap_or_else(|e| panic!("cannot load {name}: {e}"))
 }
 

@@ -99,10 +99,7 @@ pub(crate) fn want(exp: &serde_json::Value, key: &str) -> Vec<f32> {
 fn dear_input_format_matches_reference() -> TestResult {
     let exp = expected();
     let base = base_copy(&lora_dir("tiny-seqcls"));
-    let lm = Arc::new(LanguageModel::load(
-        &base.path().to_string_lossy(),
-        &LoadOptions::default(),
-    )?);
+    let lm = Arc::new(LanguageModel::load(base.path(), &LoadOptions::default())?);
     let scorer = PointwiseScorer::new(lm, None, PointwiseConfig::classifier())?;
     let (queries, passages, pairs, inputs) = cases(&exp);
     for (k, &(qi, pi)) in pairs.iter().enumerate() {
@@ -121,10 +118,7 @@ fn dear_input_format_matches_reference() -> TestResult {
 fn full_checkpoint_scores_match() -> TestResult {
     let exp = expected();
     let base = base_copy(&lora_dir("tiny-seqcls"));
-    let lm = Arc::new(LanguageModel::load(
-        &base.path().to_string_lossy(),
-        &LoadOptions::default(),
-    )?);
+    let lm = Arc::new(LanguageModel::load(base.path(), &LoadOptions::default())?);
     let got = scores_of(
         &PointwiseScorer::new(lm, None, PointwiseConfig::classifier())?,
         &exp,
@@ -181,7 +175,7 @@ fn q8_0_keeps_the_ordering() -> TestResult {
     let opts = LoadOptions::default()
         .with_quantization(Quantization::Q8_0)
         .with_adapter(lora_dir("seqcls-a").to_string_lossy(), AdapterMode::Merged);
-    let lm = Arc::new(LanguageModel::load(&base.path().to_string_lossy(), &opts)?);
+    let lm = Arc::new(LanguageModel::load(base.path(), &opts)?);
     let got = scores_of(
         &PointwiseScorer::new(lm, None, PointwiseConfig::classifier())?,
         &exp,
@@ -205,10 +199,7 @@ fn q8_0_keeps_the_ordering() -> TestResult {
 fn batching_strategies_agree() -> TestResult {
     let exp = expected();
     let base = base_copy(&lora_dir("tiny-seqcls"));
-    let lm = Arc::new(LanguageModel::load(
-        &base.path().to_string_lossy(),
-        &LoadOptions::default(),
-    )?);
+    let lm = Arc::new(LanguageModel::load(base.path(), &LoadOptions::default())?);
     let (queries, passages, _, _) = cases(&exp);
     let shared = PointwiseScorer::new(lm.clone(), None, PointwiseConfig::classifier())?;
     let mut cfg = PointwiseConfig::classifier();
@@ -256,7 +247,7 @@ fn causal_lm_adapter_matches_peft() -> TestResult {
         };
         let opts =
             LoadOptions::default().with_adapter(lora_dir("causal-lora").to_string_lossy(), mode);
-        let lm = LanguageModel::load(&fixture("tiny-gqa").to_string_lossy(), &opts)?;
+        let lm = LanguageModel::load(fixture("tiny-gqa"), &opts)?;
         let adapter = lm.llama().adapter("causal-lora");
         let want_logits = floats(&causal[key]["last_logits"]);
         let want_greedy = ids(&causal[key]["greedy"]);
@@ -306,7 +297,7 @@ fn adapter_as_model_resolves_its_base() -> TestResult {
         .with_cache_dir(cache.path())
         .with_offline(true);
     let lm = LanguageModel::load(
-        &lora_dir("causal-lora").to_string_lossy(),
+        lora_dir("causal-lora"),
         &LoadOptions::default().with_hub(hub),
     )?;
     let exp = expected();
@@ -332,7 +323,7 @@ fn bad_adapters_and_inputs_are_refused() -> TestResult {
         std::fs::copy(e.path(), other.path().join(e.file_name()))?;
     }
     let err = LanguageModel::load(
-        &fixture("tiny-llama3").to_string_lossy(),
+        fixture("tiny-llama3"),
         &LoadOptions::default().with_adapter(other.path().to_string_lossy(), AdapterMode::Merged),
     )
     .err()
@@ -363,10 +354,7 @@ fn bad_adapters_and_inputs_are_refused() -> TestResult {
     assert!(err.to_string().contains("score"), "{err}");
     // Empty query; zero passages; empty passage text; a 1 MB passage (truncated, not an error).
     let seq = base_copy(&lora_dir("tiny-seqcls"));
-    let lm = Arc::new(LanguageModel::load(
-        &seq.path().to_string_lossy(),
-        &LoadOptions::default(),
-    )?);
+    let lm = Arc::new(LanguageModel::load(seq.path(), &LoadOptions::default())?);
     let reranker = Reranker::new(lm, None, PointwiseConfig::classifier())?;
     assert!(matches!(
         reranker.score(&Query::new("  "), &[Passage::new("x")]),
@@ -387,10 +375,7 @@ fn bad_adapters_and_inputs_are_refused() -> TestResult {
 #[test]
 fn deadline_is_honoured() -> TestResult {
     let seq = base_copy(&lora_dir("tiny-seqcls"));
-    let lm = Arc::new(LanguageModel::load(
-        &seq.path().to_string_lossy(),
-        &LoadOptions::default(),
-    )?);
+    let lm = Arc::new(LanguageModel::load(seq.path(), &LoadOptions::default())?);
     let reranker = Reranker::new(lm, None, PointwiseConfig::classifier())?;
     let passages: Vec<Passage> = (0..64)
         .map(|i| Passage::new(format!("passage {i} ").repeat(40)))

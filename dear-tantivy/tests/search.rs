@@ -28,7 +28,7 @@ fn model() -> Arc<LanguageModel> {
             path.display()
         );
         Arc::new(
-            LanguageModel::load(&path.to_string_lossy(), &LoadOptions::default())
+            LanguageModel::load(path, &LoadOptions::default())
                 .unwrap_or_else(|e| panic!("cannot load the default model: {e}")),
         )
     })

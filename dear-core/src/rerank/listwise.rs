@@ -15,9 +15,8 @@
 //!   thing it writes (ids spanning several tokens are scored along a trie of their
 //!   tokens, so `[1]` and `[12]` are told apart).
 //!
-//! A failed window (no parseable id, a generation error) keeps its incoming order; a
-//! deadline or error stops the pass and returns the order reached so far, with the
-//! reason.
+//! A window with no parseable id keeps its incoming order; a deadline or a model error
+//! stops the pass and returns the order the finished windows reached, with the reason.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
@@ -34,7 +33,7 @@ use crate::rerank::permutation::{parse_ranking, IdBase};
 use crate::rerank::prompt::{listwise_prompt_ids, ListwisePrompt};
 use crate::rerank::types::{Passage, Query};
 use crate::rerank::window::{slide, WindowConfig};
-use crate::{Error, LanguageModel};
+use crate::{Error, LanguageModel, StageFailure};
 
 /// How a window's ranking is obtained.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,7 +93,7 @@ impl Default for ListwiseConfig {
 }
 
 /// What happened in one window.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct WindowReport {
     /// First rank of the window in the list as it stood.
     pub start: usize,
@@ -111,19 +110,54 @@ pub struct WindowReport {
     /// Tokens generated.
     pub generated_tokens: usize,
     /// Why the window kept its incoming order, if it did.
-    pub failure: Option<String>,
+    pub failure: Option<StageFailure>,
 }
 
 /// The result of a listwise pass.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ListwiseOutcome {
     /// 0-based indices into the input passages, best first: a permutation of them.
     pub order: Vec<usize>,
-    /// One report per window, in the order the windows ran.
+    /// One report per window that finished, in the order the windows ran.
     pub windows: Vec<WindowReport>,
     /// Why the pass stopped early (deadline, model error), if it did; `order` then
-    /// holds the windows finished before it.
-    pub failure: Option<String>,
+    /// holds the work of the windows finished before it.
+    pub failure: Option<StageFailure>,
+}
+
+/// Per-call settings of a listwise pass: `None` fields take the ranker's
+/// [`ListwiseConfig`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ListwiseOptions {
+    /// How windows are ranked.
+    pub mode: Option<ListwiseMode>,
+    /// The sliding windows.
+    pub window: Option<WindowConfig>,
+    /// When to stop (checked between windows and between generated tokens).
+    pub deadline: Option<Instant>,
+}
+
+impl ListwiseOptions {
+    /// Sets the mode.
+    #[must_use]
+    pub fn with_mode(mut self, mode: ListwiseMode) -> Self {
+        self.mode = Some(mode);
+        self
+    }
+
+    /// Sets the windows.
+    #[must_use]
+    pub fn with_window(mut self, window: WindowConfig) -> Self {
+        self.window = Some(window);
+        self
+    }
+
+    /// Sets the deadline.
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
 }
 
 /// Token texts a constrained answer can be written with.
@@ -132,17 +166,17 @@ struct AnswerVocab {
     tokens: Vec<(u32, String)>,
 }
 
-/// A listwise reranker over one model (and optionally one unmerged adapter).
+/// A listwise ranker over one model (and optionally one unmerged adapter).
 #[derive(Debug)]
-pub struct ListwiseReranker {
+pub struct ListwiseRanker {
     lm: Arc<LanguageModel>,
     adapter: Option<AdapterId>,
     config: ListwiseConfig,
     vocab: OnceLock<AnswerVocab>,
 }
 
-impl ListwiseReranker {
-    /// A listwise reranker using the unmerged adapter named `adapter`, if any.
+impl ListwiseRanker {
+    /// A listwise ranker using the unmerged adapter named `adapter`, if any.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for an unknown adapter or a zero window/step;
@@ -186,55 +220,34 @@ impl ListwiseReranker {
         &self.lm
     }
 
-    /// The name of the unmerged adapter the reranker uses, if any.
+    /// The name of the unmerged adapter the ranker uses, if any.
     pub fn adapter_name(&self) -> Option<&str> {
         self.adapter
             .and_then(|a| self.lm.llama().adapter_names().get(a.0).copied())
     }
 
-    /// Reranks `passages` (in their incoming order, best first) for `query`.
+    /// Reorders `passages` (in their incoming order, best first) for `query` in
+    /// sliding windows, with the mode, windows and deadline of `options` (the
+    /// configured ones where `None`).
+    ///
+    /// A window whose output has no parseable id keeps its order (its report says
+    /// so); a deadline or a model error stops the pass, and the outcome keeps the
+    /// order the finished windows reached, with [`ListwiseOutcome::failure`].
     ///
     /// # Errors
-    /// [`Error::EmptyInput`] for an empty query. Model failures do not fail the call:
-    /// they are reported in [`ListwiseOutcome::failure`] with the order reached.
-    pub fn rerank(&self, query: &Query, passages: &[Passage]) -> crate::Result<ListwiseOutcome> {
-        self.rerank_until(query, passages, None)
-    }
-
-    /// [`ListwiseReranker::rerank`] that stops at a deadline (checked between windows
-    /// and between generated tokens).
-    ///
-    /// # Errors
-    /// As [`ListwiseReranker::rerank`].
-    pub fn rerank_until(
+    /// [`Error::EmptyInput`] for an empty query; [`Error::InvalidArgument`] for
+    /// windows that fail [`WindowConfig::validate`] (checked when there are at least
+    /// two passages).
+    pub fn rank(
         &self,
         query: &Query,
         passages: &[Passage],
-        deadline: Option<Instant>,
+        options: &ListwiseOptions,
     ) -> crate::Result<ListwiseOutcome> {
-        self.rerank_with(
-            query,
-            passages,
-            self.config.mode,
-            &self.config.window,
-            deadline,
-        )
-    }
-
-    /// [`ListwiseReranker::rerank_until`] with this call's own mode and windows in place
-    /// of the configured ones.
-    ///
-    /// # Errors
-    /// As [`ListwiseReranker::rerank`]; [`Error::InvalidArgument`] for windows that fail
-    /// [`WindowConfig::validate`] (checked when there are at least two passages).
-    pub fn rerank_with(
-        &self,
-        query: &Query,
-        passages: &[Passage],
-        mode: ListwiseMode,
-        window: &WindowConfig,
-        deadline: Option<Instant>,
-    ) -> crate::Result<ListwiseOutcome> {
+        let started = Instant::now();
+        let mode = options.mode.unwrap_or(self.config.mode);
+        let window = options.window.unwrap_or(self.config.window);
+        let deadline = options.deadline;
         if passages.len() >= 2 {
             window.validate()?;
         }
@@ -245,43 +258,44 @@ impl ListwiseReranker {
             return Err(Error::EmptyInput("the query is empty".into()));
         }
         let incoming: Vec<usize> = (0..passages.len()).collect();
-        let mut reports = Vec::new();
-        let mut order_so_far = incoming.clone();
-        let result = slide(incoming, window, |window: &[usize]| {
+        let positions = window.windows(passages.len());
+        let mut reports: Vec<WindowReport> = Vec::new();
+        let result = slide(incoming, &window, |items: &[usize]| {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(Error::DeadlineExceeded {
                     what: "listwise reranking".into(),
-                    elapsed_ms: 0,
+                    elapsed_ms: started.elapsed().as_millis(),
                 });
             }
-            let items: Vec<&Passage> = window.iter().map(|&i| &passages[i]).collect();
-            let (order, report) = self.rank_window(query, &items, mode, deadline)?;
+            let items: Vec<&Passage> = items.iter().map(|&i| &passages[i]).collect();
+            let (order, mut report) = self.rank_window(query, &items, mode, deadline, started)?;
+            // The window's true place in the list: the k-th window run is the k-th of
+            // `positions`.
+            if let Some(&(start, end)) = positions.get(reports.len()) {
+                report.start = start;
+                report.end = end;
+                if let Some(StageFailure::Unparseable {
+                    start: s, end: e, ..
+                }) = &mut report.failure
+                {
+                    (*s, *e) = (start, end);
+                }
+            }
             reports.push(report);
             Ok(order)
         });
-        match result {
-            Ok((order, records)) => {
-                for (report, record) in reports.iter_mut().zip(&records) {
-                    report.start = record.start;
-                    report.end = record.end;
-                }
-                Ok(ListwiseOutcome {
-                    order,
-                    windows: reports,
-                    failure: None,
-                })
-            }
-            Err(e) => {
-                // Windows run one after another; the passes finished before the error
-                // are lost with `slide`'s state, so fall back to the incoming order.
-                order_so_far.truncate(passages.len());
-                Ok(ListwiseOutcome {
-                    order: order_so_far,
-                    windows: reports,
-                    failure: Some(e.to_string()),
-                })
-            }
-        }
+        let (order, failure) = match result {
+            Ok((order, _)) => (order, None),
+            Err(stopped) => (
+                stopped.order,
+                Some(StageFailure::from_error(stopped.error, started.elapsed())),
+            ),
+        };
+        Ok(ListwiseOutcome {
+            order,
+            windows: reports,
+            failure,
+        })
     }
 
     /// Ranks one window; returns positions within the window, best first.
@@ -291,6 +305,7 @@ impl ListwiseReranker {
         items: &[&Passage],
         mode: ListwiseMode,
         deadline: Option<Instant>,
+        started: Instant,
     ) -> crate::Result<(Vec<usize>, WindowReport)> {
         let n = items.len();
         let owned: Vec<Passage> = items.iter().map(|p| (*p).clone()).collect();
@@ -323,11 +338,11 @@ impl ListwiseReranker {
                     &mut stop_early,
                 )?
                 .pop()
-                .ok_or_else(|| Error::InvalidArgument("generation returned nothing".into()))?;
+                .ok_or_else(|| Error::Internal("generation returned nothing".into()))?;
                 if out.finish == crate::FinishReason::Cancelled {
                     return Err(Error::DeadlineExceeded {
                         what: "listwise generation".into(),
-                        elapsed_ms: 0,
+                        elapsed_ms: started.elapsed().as_millis(),
                     });
                 }
                 report.generated_tokens = out.tokens.len();
@@ -336,7 +351,11 @@ impl ListwiseReranker {
                 report.reasoning = parsed.reasoning.clone();
                 report.parsed_ids = parsed.parsed;
                 if parsed.parsed == 0 {
-                    report.failure = Some("no parseable id in the output".into());
+                    report.failure = Some(StageFailure::Unparseable {
+                        start: 0,
+                        end: n,
+                        output: report.raw.clone(),
+                    });
                 }
                 parsed.order
             }
@@ -359,7 +378,7 @@ impl ListwiseReranker {
         )?;
         let logits = out
             .logits
-            .ok_or_else(|| Error::InvalidArgument("no logits".into()))?;
+            .ok_or_else(|| Error::Internal("the forward pass returned no logits".into()))?;
         Ok(logits.get(0)?)
     }
 
@@ -374,7 +393,7 @@ impl ListwiseReranker {
         let vocab = self
             .vocab
             .get()
-            .ok_or_else(|| Error::InvalidArgument("no answer vocabulary".into()))?;
+            .ok_or_else(|| Error::Internal("no answer vocabulary".into()))?;
         let first = match base {
             IdBase::One => 1,
             IdBase::Zero => 0,
@@ -462,7 +481,11 @@ impl ListwiseReranker {
         let parsed = parse_ranking(&answer, n, base);
         report.parsed_ids = parsed.parsed;
         if parsed.parsed == 0 {
-            report.failure = Some("the constrained answer holds no id".into());
+            report.failure = Some(StageFailure::Unparseable {
+                start: 0,
+                end: n,
+                output: report.raw.clone(),
+            });
         }
         Ok(parsed.order)
     }
@@ -519,7 +542,7 @@ impl ListwiseReranker {
                 .max_by_key(|(k, _)| k.len())
                 .map(|(k, c)| Ok::<_, Error>((k.len(), c.try_clone()?)))
                 .transpose()?
-                .ok_or_else(|| Error::InvalidArgument("no cache for the prefix".into()))?;
+                .ok_or_else(|| Error::Internal("no cache for the prefix".into()))?;
             let d = log_softmax(&self.step(&mut cache, &prefix[known..])?)?;
             dists.insert(prefix.clone(), d);
             caches.insert(prefix.clone(), cache);

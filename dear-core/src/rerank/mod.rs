@@ -12,12 +12,13 @@ mod types;
 mod window;
 
 pub use self::listwise::{
-    ListwiseConfig, ListwiseMode, ListwiseOutcome, ListwiseReranker, WindowReport,
+    ListwiseConfig, ListwiseMode, ListwiseOptions, ListwiseOutcome, ListwiseRanker, WindowReport,
 };
+pub(crate) use self::permutation::is_permutation;
 pub use self::permutation::{has_ranking, parse_ranking, IdBase, ParsedRanking};
-pub use self::pointwise::{EncodedQuery, Head, PointwiseConfig, PointwiseScorer};
+pub use self::pointwise::{EncodedQuery, Head, PointwiseConfig, PointwiseScorer, Scored};
 pub use self::prompt::{listwise_passage_text, listwise_prompt_ids, ListwisePrompt};
 pub use self::recipe::Recipe;
-pub use self::scheduler::Reranker;
+pub use self::scheduler::Scheduler;
 pub use self::types::{Passage, Query};
-pub use self::window::{slide, WindowConfig, WindowRecord};
+pub use self::window::{slide, Stopped, WindowConfig, WindowRecord};

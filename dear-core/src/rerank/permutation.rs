@@ -175,6 +175,15 @@ fn digit_runs(text: &str) -> impl Iterator<Item = Option<usize>> + '_ {
     })
 }
 
+/// Whether `order` is a permutation of `0..n`: length `n`, each of `0..n` once.
+pub(crate) fn is_permutation(order: &[usize], n: usize) -> bool {
+    let mut seen = vec![false; n];
+    order.len() == n
+        && order
+            .iter()
+            .all(|&i| i < n && !std::mem::replace(&mut seen[i], true))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -115,6 +115,20 @@ impl PointwiseConfig {
             ..Self::classifier()
         }
     }
+
+    /// DeAR's input on the head `lm` has: the classifier when the model (or the
+    /// unmerged adapter named `adapter`) has a `score` head, else the yes/no prompt.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an unknown adapter.
+    pub fn for_model(lm: &LanguageModel, adapter: Option<&str>) -> crate::Result<Self> {
+        let id = lm.llama().adapter_named(adapter)?;
+        Ok(if lm.llama().score_labels(id).is_some() {
+            Self::classifier()
+        } else {
+            Self::yes_no()
+        })
+    }
 }
 
 /// One query's model input: a shared prefix and one suffix per passage.
@@ -127,12 +141,26 @@ pub struct EncodedQuery {
 }
 
 impl EncodedQuery {
+    /// Tokens the model reads for all passages (the shared prefix counted once).
+    pub fn tokens(&self) -> usize {
+        self.prefix.len() + self.suffixes.iter().map(Vec::len).sum::<usize>()
+    }
+
     /// The full input of passage `i` (prefix then suffix).
     pub fn full(&self, i: usize) -> Vec<u32> {
         let mut v = self.prefix.clone();
         v.extend_from_slice(&self.suffixes[i]);
         v
     }
+}
+
+/// Scores from a pointwise stage.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scored {
+    /// One score per passage, in input order; higher is better.
+    pub scores: Vec<f32>,
+    /// Tokens the model read.
+    pub tokens: usize,
 }
 
 /// Scores passages against a query with one model (and optionally one adapter).
@@ -233,6 +261,28 @@ impl PointwiseScorer {
     /// The settings.
     pub fn config(&self) -> &PointwiseConfig {
         &self.config
+    }
+
+    /// How many tokens of `passage.text` this scorer reads before it truncates: the
+    /// passage budget less what the input format and the title take (one token is
+    /// kept in hand for a long query's cut, see [`PointwiseScorer::encode`]).
+    ///
+    /// # Errors
+    /// Tokenizer errors.
+    pub fn text_budget(&self, passage: &Passage) -> crate::Result<usize> {
+        let tok = self.lm.tokenizer();
+        let title = passage.title.as_deref().unwrap_or("");
+        let (lead, budget) = match &self.config.head {
+            Head::Classifier => (format!("document: {title} "), self.config.p_max_len - 3),
+            Head::YesNo { .. } if title.is_empty() => (String::new(), self.config.p_max_len),
+            Head::YesNo { .. } => (format!("{title}\n"), self.config.p_max_len),
+        };
+        let lead = if lead.is_empty() {
+            0
+        } else {
+            tok.encode(&lead, false)?.len()
+        };
+        Ok(budget.saturating_sub(lead + 1).max(1))
     }
 
     /// Builds the model input of a query and its passages.

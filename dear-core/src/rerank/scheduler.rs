@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::rerank::pointwise::{EncodedQuery, PointwiseScorer};
+use crate::rerank::pointwise::{EncodedQuery, PointwiseScorer, Scored};
 use crate::rerank::types::{Passage, Query};
 use crate::Error;
 
@@ -22,33 +22,37 @@ struct Job {
     reply: Sender<crate::Result<Vec<f32>>>,
 }
 
-/// Scores passages against queries; shared by any number of threads (`Send + Sync`).
+/// Scores passages against queries through one scheduler thread; shared by any
+/// number of threads (`Send + Sync`). It is the pointwise stage the
+/// [`Reranker`](crate::Reranker) uses by default.
 ///
 /// # Example
 /// ```no_run
 /// use std::sync::Arc;
-/// use dear_core::{LanguageModel, LoadOptions, Passage, PointwiseConfig, Query, Reranker};
+/// use dear_core::{LanguageModel, LoadOptions, Passage, PointwiseConfig, Query, Scheduler};
 /// let lm = Arc::new(LanguageModel::load("model.gguf", &LoadOptions::default())?);
-/// let reranker = Reranker::new(lm, None, PointwiseConfig::yes_no())?;
-/// let scores = reranker.score(
+/// let scheduler = Scheduler::new(lm, None, PointwiseConfig::yes_no())?;
+/// let scored = scheduler.score(
 ///     &Query::new("what causes rain"),
 ///     &[Passage::new("Rain forms when droplets coalesce."), Passage::new("Paris is in France.")],
+///     None,
 /// )?;
-/// assert_eq!(scores.len(), 2);
+/// assert_eq!(scored.scores.len(), 2);
 /// # Ok::<(), dear_core::Error>(())
 /// ```
 #[derive(Debug)]
-pub struct Reranker {
+pub struct Scheduler {
     scorer: Arc<PointwiseScorer>,
     sender: Option<Sender<Job>>,
     worker: Option<JoinHandle<()>>,
 }
 
-impl Reranker {
-    /// Starts a scorer thread over `lm` (with the unmerged adapter `adapter`, if any).
+impl Scheduler {
+    /// Starts a scheduler thread over `lm` (with the unmerged adapter `adapter`, if
+    /// any).
     ///
     /// # Errors
-    /// As [`PointwiseScorer::new`]; [`Error::InvalidArgument`] if the thread cannot start.
+    /// As [`PointwiseScorer::new`]; [`Error::Internal`] if the thread cannot start.
     pub fn new(
         lm: Arc<crate::LanguageModel>,
         adapter: Option<&str>,
@@ -57,10 +61,10 @@ impl Reranker {
         Self::from_scorer(PointwiseScorer::new(lm, adapter, config)?)
     }
 
-    /// Starts a scorer thread over an existing scorer.
+    /// Starts a scheduler thread over an existing scorer.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] if the thread cannot start.
+    /// [`Error::Internal`] if the thread cannot start.
     pub fn from_scorer(scorer: PointwiseScorer) -> crate::Result<Self> {
         let scorer = Arc::new(scorer);
         let (sender, receiver) = crossbeam_channel::unbounded::<Job>();
@@ -68,7 +72,7 @@ impl Reranker {
         let worker = std::thread::Builder::new()
             .name("dear-pointwise".into())
             .spawn(move || run(&worker_scorer, &receiver))
-            .map_err(|e| Error::InvalidArgument(format!("cannot start the scorer thread: {e}")))?;
+            .map_err(|e| Error::Internal(format!("cannot start the scorer thread: {e}")))?;
         Ok(Self {
             scorer,
             sender: Some(sender),
@@ -81,50 +85,30 @@ impl Reranker {
         &self.scorer
     }
 
-    /// Scores `passages` against `query`, in input order.
+    /// Scores `passages` against `query`, in input order, with the tokens the model
+    /// read; gives up at `deadline` (the call's remaining work is dropped).
     ///
     /// # Errors
-    /// [`Error::EmptyInput`] for an empty query; model errors.
-    pub fn score(&self, query: &Query, passages: &[Passage]) -> crate::Result<Vec<f32>> {
-        self.score_until(query, passages, None)
-    }
-
-    /// [`Reranker::score`] with a deadline.
-    ///
-    /// # Errors
-    /// [`Error::DeadlineExceeded`] when the deadline passes first (the remaining work
-    /// is dropped), and the errors of [`Reranker::score`].
-    pub fn score_until(
+    /// [`Error::EmptyInput`] for an empty query; [`Error::DeadlineExceeded`] (with the
+    /// real time waited) when the deadline passes first; model errors.
+    pub fn score(
         &self,
         query: &Query,
         passages: &[Passage],
         deadline: Option<Instant>,
-    ) -> crate::Result<Vec<f32>> {
+    ) -> crate::Result<Scored> {
+        let started = Instant::now();
         if passages.is_empty() {
             if query.text.trim().is_empty() {
                 return Err(Error::EmptyInput("the query is empty".into()));
             }
-            return Ok(Vec::new());
+            return Ok(Scored {
+                scores: Vec::new(),
+                tokens: 0,
+            });
         }
         let encoded = self.scorer.encode(query, passages)?;
-        self.score_encoded_until(encoded, deadline)
-    }
-
-    /// Scores an input already built with [`PointwiseScorer::encode`] (of
-    /// [`Reranker::scorer`]), so a caller can inspect or count its tokens first.
-    ///
-    /// # Errors
-    /// [`Error::DeadlineExceeded`] when the deadline passes first; model errors.
-    pub fn score_encoded_until(
-        &self,
-        encoded: EncodedQuery,
-        deadline: Option<Instant>,
-    ) -> crate::Result<Vec<f32>> {
-        let started = Instant::now();
-        let passages = encoded.suffixes.len();
-        if passages == 0 {
-            return Ok(Vec::new());
-        }
+        let tokens = encoded.tokens();
         let (reply, answer) = crossbeam_channel::bounded(1);
         let cancelled = Arc::new(AtomicBool::new(false));
         let sender = self.sender.as_ref().ok_or(Error::Cancelled)?;
@@ -135,25 +119,25 @@ impl Reranker {
                 reply,
             })
             .map_err(|_| Error::Cancelled)?;
-        let result = match deadline {
+        let scores = match deadline {
             None => answer.recv().map_err(|_| Error::Cancelled)?,
             Some(d) => match answer.recv_timeout(d.saturating_duration_since(Instant::now())) {
                 Ok(r) => r,
                 Err(RecvTimeoutError::Timeout) => {
                     cancelled.store(true, Ordering::Relaxed);
                     return Err(Error::DeadlineExceeded {
-                        what: format!("pointwise scoring of {passages} passages"),
+                        what: format!("pointwise scoring of {} passages", passages.len()),
                         elapsed_ms: started.elapsed().as_millis(),
                     });
                 }
                 Err(RecvTimeoutError::Disconnected) => return Err(Error::Cancelled),
             },
-        };
-        result
+        }?;
+        Ok(Scored { scores, tokens })
     }
 }
 
-impl Drop for Reranker {
+impl Drop for Scheduler {
     fn drop(&mut self) {
         // Closing the channel ends the worker once the queue is empty.
         self.sender.take();
@@ -190,11 +174,12 @@ fn run(scorer: &PointwiseScorer, receiver: &Receiver<Job>) {
                 }
             }
             Err(e) => {
-                let msg = e.to_string();
+                // Every call of the batch gets the same error.
+                let shared = std::sync::Arc::new(e);
                 for job in &jobs {
-                    let _ = job.reply.send(Err(match &e {
+                    let _ = job.reply.send(Err(match shared.as_ref() {
                         Error::Cancelled => Error::Cancelled,
-                        _ => Error::InvalidArgument(format!("scoring failed: {msg}")),
+                        _ => Error::Batch(shared.clone()),
                     }));
                 }
             }

@@ -54,3 +54,31 @@ impl Passage {
         self
     }
 }
+
+impl From<&str> for Passage {
+    /// A passage with text only.
+    fn from(text: &str) -> Self {
+        Passage::new(text)
+    }
+}
+
+impl From<String> for Passage {
+    /// A passage with text only.
+    fn from(text: String) -> Self {
+        Passage::new(text)
+    }
+}
+
+impl From<&String> for Passage {
+    /// A passage with text only.
+    fn from(text: &String) -> Self {
+        Passage::new(text.as_str())
+    }
+}
+
+impl From<(&str, &str)> for Passage {
+    /// A passage from `(title, text)`.
+    fn from((title, text): (&str, &str)) -> Self {
+        Passage::new(text).with_title(title)
+    }
+}

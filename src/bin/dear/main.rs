@@ -16,6 +16,8 @@ use dear::dear_core::{
 };
 
 mod bench;
+mod eval;
+mod pipeline;
 mod search;
 
 /// DeAR reranking for Rust search: Llama inference, pointwise and listwise reranking.
@@ -750,7 +752,7 @@ fn main() -> ExitCode {
         Command::Recipes(args) => recipes(args),
         Command::Index(args) => search::index(args),
         Command::Search(args) => search::search(args),
-        Command::Eval(args) => search::eval(args),
+        Command::Eval(args) => eval::eval(args),
         Command::Bench(args) => bench::bench(args),
     };
     match result {

@@ -2,59 +2,128 @@
 //! the top, each stage falling back to the order before it.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use dear_core::{
-    LanguageModel, ListwiseConfig, ListwiseReranker, Passage, PointwiseConfig, Query, Reranker,
-    Tokenizer,
-};
-use tantivy::DocAddress;
+use serde::Serialize;
 
-use crate::cache::{Key, ScoreCache};
+use crate::pipeline::cache::{Key, ScoreCache};
+use crate::pipeline::chunk::chunk_of;
+use crate::rerank::is_permutation;
 use crate::{
-    ListwiseStage, PointwiseStage, RerankOptions, RerankedHit, RerankedResults, SearchReport,
-    Stage, StageReport, StageStatus,
+    ChunkSpan, LanguageModel, ListwiseConfig, ListwiseOptions, ListwiseRanker, ListwiseStage,
+    Passage, PointwiseConfig, PointwiseStage, Query, RerankOptions, RerankReport, RerankedHit,
+    RerankedResults, Scheduler, Stage, StageFailure, StageReport, StageStatus, Tokenizer,
 };
 
-/// A first-stage candidate handed to [`DearReranker::rerank`], best first.
+/// A first-stage candidate handed to [`Reranker::rerank`], best first.
+///
+/// `H` is the caller's handle for it (a tantivy `DocAddress`, a database key, an
+/// index into the caller's list, or `()`), given back untouched on the hit.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Candidate {
-    /// Where it is in a tantivy index, if it comes from one.
-    pub address: Option<DocAddress>,
-    /// The passage.
+pub struct Candidate<H = ()> {
+    /// The caller's handle.
+    pub handle: H,
+    /// The passage the stages read.
     pub passage: Passage,
     /// Its first-stage score.
     pub score: f32,
 }
 
-/// The two reranking stages, their score cache, and nothing about any index: one
-/// `DearReranker` serves any number of indexes and threads (`Send + Sync`; share it
-/// by reference or in an `Arc`).
+impl Candidate {
+    /// A candidate with no handle.
+    pub fn new(passage: impl Into<Passage>, score: f32) -> Self {
+        Self::with_handle((), passage, score)
+    }
+}
+
+impl<H> Candidate<H> {
+    /// A candidate carrying the caller's `handle`.
+    pub fn with_handle(handle: H, passage: impl Into<Passage>, score: f32) -> Self {
+        Self {
+            handle,
+            passage: passage.into(),
+            score,
+        }
+    }
+}
+
+/// One result of [`Reranker::rank`], in the shape of Cohere's, Jina's and TEI's
+/// rerank APIs.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RankedDocument {
+    /// The document's position in the input.
+    pub index: usize,
+    /// The raw score of the stage that ranked it by score (see
+    /// [`RerankedHit::score`]).
+    pub score: f32,
+    /// A relevance in `[0, 1]`, non-increasing along the results (see
+    /// [`relevance`]).
+    pub relevance_score: f32,
+    /// The stage whose order placed it.
+    pub placed_by: Stage,
+    /// Which chunk of the document won, when chunking split it.
+    pub best_chunk: Option<ChunkSpan>,
+    /// The document, when [`RerankOptions::with_return_documents`] asks for it.
+    pub document: Option<Passage>,
+}
+
+/// What [`Reranker::rank`] returns: the documents best first, and the report.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Ranking {
+    /// The documents, best first, cut by `min_score` and `top_n`.
+    pub results: Vec<RankedDocument>,
+    /// What each stage did.
+    pub report: RerankReport,
+}
+
+/// The relevance in `[0, 1]` dear gives a raw score: the logistic sigmoid,
+/// `1 / (1 + e^-score)`, a strictly increasing map.
+///
+/// For DeAR's classifier head, it is the probability of relevance the logit stands
+/// for; for the yes/no head (whose score is `logit(yes) - logit(no)`), it is
+/// P(yes | yes or no). For first-stage scores (BM25, cosine) it is only a monotone
+/// squash. Hits the listwise stage placed take the relevances of the hits they
+/// displaced, in listwise order, so relevance never increases down a result list.
+///
+/// ```
+/// assert_eq!(dear_core::relevance(0.0), 0.5);
+/// assert!(dear_core::relevance(3.0) > dear_core::relevance(2.0));
+/// ```
+pub fn relevance(score: f32) -> f32 {
+    if score.is_nan() {
+        return 0.0;
+    }
+    1.0 / (1.0 + (-score).exp())
+}
+
+/// The reranking pipeline: a pointwise stage, a listwise stage and their score cache,
+/// knowing nothing of any search engine. One `Reranker` serves any number of
+/// indexes, engines and threads (`Send + Sync`; share it by reference or in an `Arc`).
 ///
 /// # Example
-/// ```no_run
-/// use std::sync::Arc;
-/// use dear_core::{LanguageModel, LoadOptions};
-/// use dear_tantivy::DearReranker;
-/// let lm = Arc::new(LanguageModel::load(
-///     &dear_core::default_model_path().to_string_lossy(),
-///     &LoadOptions::default(),
-/// )?);
-/// // DeAR's classifier head where the model has one, else the yes/no prompt;
-/// // the listwise stage on the same model.
-/// let reranker = DearReranker::for_model(lm)?;
-/// assert!(reranker.pointwise().is_some());
-/// # Ok::<(), dear_tantivy::Error>(())
 /// ```
-pub struct DearReranker {
+/// use dear_core::{Candidate, Reranker, RerankOptions, Stage};
+/// // No model stage configured: the first-stage order comes back, and the report says
+/// // why. `Reranker::for_model` or `DearSetup` adds DeAR's stages.
+/// let reranker = Reranker::new();
+/// let candidates = vec![
+///     Candidate::new("A Mutex guards shared data across threads.", 12.5),
+///     Candidate::new("Channels send values between threads.", 9.0),
+/// ];
+/// let results = reranker.rerank("shared data between threads", candidates, &RerankOptions::default())?;
+/// assert_eq!(results.hits[0].index, 0);
+/// assert_eq!(results.hits[0].placed_by, Stage::First);
+/// # Ok::<(), dear_core::Error>(())
+/// ```
+pub struct Reranker {
     pointwise: Option<Arc<dyn PointwiseStage>>,
     listwise: Option<Arc<dyn ListwiseStage>>,
     cache: ScoreCache,
 }
 
-impl std::fmt::Debug for DearReranker {
+impl std::fmt::Debug for Reranker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DearReranker")
+        f.debug_struct("Reranker")
             .field("pointwise", &self.pointwise.as_ref().map(|s| s.key()))
             .field("listwise", &self.listwise.as_ref().map(|s| s.key()))
             .field("cache", &self.cache.len())
@@ -62,7 +131,7 @@ impl std::fmt::Debug for DearReranker {
     }
 }
 
-impl Default for DearReranker {
+impl Default for Reranker {
     fn default() -> Self {
         Self::new()
     }
@@ -73,8 +142,8 @@ impl Default for DearReranker {
 const POINTWISE_CACHE: usize = 100_000;
 const LISTWISE_CACHE: usize = 1_000;
 
-impl DearReranker {
-    /// A reranker with no stage yet (searches return the first-stage order).
+impl Reranker {
+    /// A reranker with no stage yet (calls return the first-stage order).
     pub fn new() -> Self {
         Self {
             pointwise: None,
@@ -83,23 +152,19 @@ impl DearReranker {
         }
     }
 
-    /// Both stages over one model: the pointwise stage uses DeAR's classifier head if
-    /// the model has a `score` head and the yes/no prompt otherwise; the listwise
-    /// stage (rankllm prompt, free generation) is added if the model has a chat
-    /// template.
+    /// Both stages over one model: the pointwise stage reads DeAR's classifier head
+    /// if the model has a `score` head and the yes/no prompt otherwise
+    /// ([`PointwiseConfig::for_model`]); the listwise stage (rankllm prompt, free
+    /// generation) is added if the model has a chat template.
     ///
     /// # Errors
-    /// Errors of [`Reranker::new`] and [`ListwiseReranker::new`].
+    /// Errors of [`Scheduler::new`] and [`ListwiseRanker::new`].
     pub fn for_model(lm: Arc<LanguageModel>) -> crate::Result<Self> {
-        let config = if lm.llama().score_labels(None).is_some() {
-            PointwiseConfig::classifier()
-        } else {
-            PointwiseConfig::yes_no()
-        };
-        let mut reranker = Self::new().with_pointwise(Reranker::new(lm.clone(), None, config)?);
+        let config = PointwiseConfig::for_model(&lm, None)?;
+        let mut reranker = Self::new().with_pointwise(Scheduler::new(lm.clone(), None, config)?);
         if lm.tokenizer().chat_template().is_some() {
             reranker =
-                reranker.with_listwise(ListwiseReranker::new(lm, None, ListwiseConfig::default())?);
+                reranker.with_listwise(ListwiseRanker::new(lm, None, ListwiseConfig::default())?);
         }
         Ok(reranker)
     }
@@ -141,58 +206,107 @@ impl DearReranker {
         self.listwise.as_deref()
     }
 
-    /// Reranks first-stage `candidates` (best first) for `query`, engine-agnostic
-    /// (this is what [`search_reranked`](crate::SearchReranked::search_reranked) runs
-    /// on tantivy's hits; use it directly to rerank a given run). Stage failures are
-    /// reported, never returned: every candidate comes back.
-    ///
-    /// # Errors
-    /// [`Error::InvalidOption`](crate::Error::InvalidOption) for settings that fail
-    /// [`RerankOptions::validate`].
-    pub fn rerank(
-        &self,
-        query: &str,
-        candidates: Vec<Candidate>,
-        options: &RerankOptions,
-    ) -> crate::Result<RerankedResults> {
-        self.rerank_from(
-            Instant::now(),
-            query,
-            candidates,
-            options,
-            StageReport::new(Stage::Bm25),
-        )
+    /// The tokenizer of the stages (the pointwise stage's first).
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.pointwise
+            .as_ref()
+            .and_then(|s| s.tokenizer())
+            .or_else(|| self.listwise.as_ref().and_then(|s| s.tokenizer()))
     }
 
-    pub(crate) fn rerank_from(
+    /// Reranks `documents` for `query`, in the shape of Cohere's, Jina's and TEI's
+    /// rerank APIs (sentence-transformers' `CrossEncoder.rank`): the documents come in
+    /// as plain texts (or [`Passage`]s, or `(title, text)` pairs) in no particular
+    /// order; the results come back best first with their input `index`, raw score and
+    /// a relevance in `[0, 1]`, cut to the options' `top_n` and `min_score`.
+    ///
+    /// The input order is the first stage: with no model stage (or when every stage
+    /// fails) the documents come back in it.
+    ///
+    /// # Example
+    /// ```
+    /// use dear_core::{Reranker, RerankOptions};
+    /// let reranker = Reranker::new(); // add stages with `Reranker::for_model` or `DearSetup`
+    /// let ranking = reranker.rank(
+    ///     "what causes rain",
+    ///     ["Rain forms when droplets coalesce.", "Paris is in France."],
+    ///     &RerankOptions::default().with_top_n(1).with_return_documents(true),
+    /// )?;
+    /// assert_eq!(ranking.results.len(), 1);
+    /// assert_eq!(ranking.results[0].index, 0);
+    /// assert!((0.0..=1.0).contains(&ranking.results[0].relevance_score));
+    /// # Ok::<(), dear_core::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for options that fail
+    /// [`RerankOptions::validate`]. Stage failures are reported, never returned.
+    pub fn rank<D: Into<Passage>>(
         &self,
-        start: Instant,
         query: &str,
-        candidates: Vec<Candidate>,
+        documents: impl IntoIterator<Item = D>,
         options: &RerankOptions,
-        mut first: StageReport,
-    ) -> crate::Result<RerankedResults> {
+    ) -> crate::Result<Ranking> {
+        let candidates: Vec<Candidate> = documents
+            .into_iter()
+            .map(|d| Candidate::new(d, 0.0))
+            .collect();
+        let n = candidates.len();
+        // Every document is reranked: they all came from the caller on purpose.
+        let options = options.clone().with_candidates(n.max(1));
+        let results = self.rerank(query, candidates, &options)?;
+        let return_documents = options.return_documents();
+        Ok(Ranking {
+            results: results
+                .hits
+                .into_iter()
+                .map(|h| RankedDocument {
+                    index: h.index,
+                    score: h.score(),
+                    relevance_score: h.relevance,
+                    placed_by: h.placed_by,
+                    best_chunk: h.best_chunk,
+                    document: return_documents.then_some(h.passage),
+                })
+                .collect(),
+            report: results.report,
+        })
+    }
+
+    /// Reranks first-stage `candidates` (best first) for `query`: the first
+    /// [`candidates`](RerankOptions::candidates) pointwise, then the top
+    /// [`listwise_depth`](RerankOptions::listwise_depth) of that order listwise; any
+    /// further candidates follow in their first-stage order. Stage failures are
+    /// reported, never returned: every candidate comes back (unless `min_score` or
+    /// `top_n` cut the list).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for options that fail
+    /// [`RerankOptions::validate`].
+    pub fn rerank<H>(
+        &self,
+        query: &str,
+        candidates: Vec<Candidate<H>>,
+        options: &RerankOptions,
+    ) -> crate::Result<RerankedResults<H>> {
         options.validate()?;
+        let start = options.started_at().unwrap_or_else(Instant::now);
         let deadline = options.deadline_from(start);
         let query_struct = Query::new(query);
-        let n = candidates.len();
+        let total = candidates.len();
+        let n = total.min(options.candidates());
+        let mut first = StageReport::new(Stage::First);
         first.status = StageStatus::Completed;
-        first.passages = n;
-        if first.elapsed.is_zero() {
-            first.elapsed = start.elapsed();
-        }
+        first.passages = total;
+        first.elapsed = start.elapsed();
 
         // The passages the stages read (cut to the token cap, if any).
         let mut cut_note = None;
         let passages: Vec<Passage> = match options.max_passage_tokens() {
-            None => candidates.iter().map(|c| c.passage.clone()).collect(),
+            None => candidates[..n].iter().map(|c| c.passage.clone()).collect(),
             Some(max) => {
-                let tokenizer = self
-                    .pointwise
-                    .as_ref()
-                    .and_then(|s| s.tokenizer())
-                    .or_else(|| self.listwise.as_ref().and_then(|s| s.tokenizer()));
-                candidates
+                let tokenizer = self.tokenizer();
+                candidates[..n]
                     .iter()
                     .map(|c| {
                         let (p, note) = cut_passage(&c.passage, max, tokenizer);
@@ -206,9 +320,10 @@ impl DearReranker {
             first.notes.push(note);
         }
 
-        // Pointwise: the whole candidate list.
+        // Pointwise: the reranked candidates.
         let mut order: Vec<usize> = (0..n).collect();
         let mut pointwise_scores: Vec<Option<f32>> = vec![None; n];
+        let mut best_chunks: Vec<Option<ChunkSpan>> = vec![None; n];
         let mut pointwise_ok = false;
         let mut pw = StageReport::new(Stage::Pointwise);
         let t = Instant::now();
@@ -218,34 +333,44 @@ impl DearReranker {
                 pw.status = StageStatus::Skipped("no pointwise stage configured".into())
             }
             (Some(_), true) if n == 0 => pw.status = StageStatus::Skipped("no candidates".into()),
+            (Some(_), true) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                pw.status = StageStatus::Failed(StageFailure::Deadline {
+                    elapsed: Duration::ZERO,
+                })
+            }
             (Some(stage), true) => {
                 match self.run_pointwise(
                     stage.as_ref(),
                     &query_struct,
                     &passages,
+                    options,
                     deadline,
                     &mut pw,
                 ) {
-                    Ok(scores) => {
+                    Ok((scores, chunks)) => {
                         for (slot, s) in pointwise_scores.iter_mut().zip(&scores) {
                             *slot = Some(*s);
                         }
+                        best_chunks = chunks;
                         // Stable: equal scores keep their first-stage order.
                         order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
                         pointwise_ok = true;
                         pw.status = StageStatus::Completed;
                     }
-                    Err(e) => pw.status = StageStatus::Failed(e.to_string()),
+                    Err(failure) => pw.status = StageStatus::Failed(failure),
                 }
             }
         }
         pw.elapsed = t.elapsed();
+        if let StageStatus::Failed(StageFailure::Deadline { elapsed }) = &mut pw.status {
+            *elapsed = pw.elapsed;
+        }
         let pointwise_order = order.clone();
 
         // Listwise: the top of the current order.
         let depth = options.listwise_depth().min(n);
         let mut lw = StageReport::new(Stage::Listwise);
-        let mut listwise_ok = false;
+        let mut listwise_done = 0;
         let t = Instant::now();
         match (&self.listwise, options.stages().listwise) {
             (_, false) => lw.status = StageStatus::Skipped("not requested".into()),
@@ -254,8 +379,9 @@ impl DearReranker {
                 lw.status = StageStatus::Skipped(format!("{depth} candidate(s) to reorder"))
             }
             (Some(_), true) if deadline.is_some_and(|d| Instant::now() >= d) => {
-                lw.status =
-                    StageStatus::Failed("the deadline passed before the stage started".into())
+                lw.status = StageStatus::Failed(StageFailure::Deadline {
+                    elapsed: Duration::ZERO,
+                })
             }
             (Some(stage), true) => {
                 let top: Vec<Passage> = order[..depth]
@@ -263,82 +389,197 @@ impl DearReranker {
                     .map(|&i| passages[i].clone())
                     .collect();
                 lw.passages = depth;
-                match self.run_listwise(
+                let (perm, failure) = self.run_listwise(
                     stage.as_ref(),
                     &query_struct,
                     &top,
                     options,
                     deadline,
                     &mut lw,
-                ) {
-                    Ok(perm) => {
-                        let head: Vec<usize> = perm.iter().map(|&k| order[k]).collect();
-                        order[..depth].copy_from_slice(&head);
-                        listwise_ok = true;
-                        lw.status = StageStatus::Completed;
-                    }
-                    Err(why) => lw.status = StageStatus::Failed(why),
+                );
+                if let Some(perm) = perm {
+                    let head: Vec<usize> = perm.iter().map(|&k| order[k]).collect();
+                    order[..depth].copy_from_slice(&head);
+                    listwise_done = depth;
                 }
+                lw.status = match failure {
+                    None => StageStatus::Completed,
+                    Some(f) => StageStatus::Failed(f),
+                };
             }
         }
         lw.elapsed = t.elapsed();
+        if let StageStatus::Failed(StageFailure::Deadline { elapsed }) = &mut lw.status {
+            *elapsed = lw.elapsed;
+        }
+        // A listwise pass that stopped early still placed the windows it finished.
+        let listwise_placed = listwise_done > 0;
 
-        // Assemble.
+        // Assemble: the reranked candidates, then the rest in first-stage order.
         let mut pointwise_rank = vec![None; n];
         if pointwise_ok {
             for (r, &i) in pointwise_order.iter().enumerate() {
                 pointwise_rank[i] = Some(r + 1);
             }
         }
-        let mut hits: Vec<Option<Candidate>> = candidates.into_iter().map(Some).collect();
+        order.extend(n..total);
+        // Relevance: the raw score's, then the listwise top takes the best relevances
+        // of the hits it reordered, in its order.
+        let raw = |i: usize| -> f32 {
+            match pointwise_scores.get(i).copied().flatten() {
+                Some(s) => s,
+                None => candidates[i].score,
+            }
+        };
+        let mut relevances: Vec<f32> = order.iter().map(|&i| relevance(raw(i))).collect();
+        if listwise_placed {
+            let head = &mut relevances[..depth];
+            head.sort_by(|a, b| b.total_cmp(a));
+        }
         let mut passages: Vec<Option<Passage>> = passages.into_iter().map(Some).collect();
-        let out: Vec<RerankedHit> = order
-            .iter()
-            .enumerate()
-            .filter_map(|(r, &i)| {
-                let c = hits[i].take()?;
-                let in_listwise = listwise_ok && r < depth;
-                Some(RerankedHit {
-                    address: c.address,
-                    passage: passages[i].take().unwrap_or(c.passage),
-                    bm25_score: c.score,
-                    bm25_rank: i + 1,
-                    pointwise_score: pointwise_scores[i],
-                    pointwise_rank: pointwise_rank[i],
-                    listwise_position: in_listwise.then_some(r + 1),
-                    final_rank: r + 1,
-                    placed_by: if in_listwise {
-                        Stage::Listwise
-                    } else if pointwise_ok {
-                        Stage::Pointwise
-                    } else {
-                        Stage::Bm25
-                    },
-                })
-            })
-            .collect();
+        let mut slots: Vec<Option<Candidate<H>>> = candidates.into_iter().map(Some).collect();
+        let mut hits = Vec::with_capacity(total);
+        for (r, &i) in order.iter().enumerate() {
+            let Some(c) = slots[i].take() else { continue };
+            let in_listwise = listwise_placed && r < depth;
+            let in_pointwise = pointwise_ok && i < n;
+            hits.push(RerankedHit {
+                handle: c.handle,
+                index: i,
+                passage: passages
+                    .get_mut(i)
+                    .and_then(Option::take)
+                    .unwrap_or(c.passage),
+                first_score: c.score,
+                first_rank: i + 1,
+                pointwise_score: pointwise_scores.get(i).copied().flatten(),
+                pointwise_rank: pointwise_rank.get(i).copied().flatten(),
+                best_chunk: best_chunks.get(i).copied().flatten(),
+                listwise_position: in_listwise.then_some(r + 1),
+                final_rank: r + 1,
+                placed_by: if in_listwise {
+                    Stage::Listwise
+                } else if in_pointwise {
+                    Stage::Pointwise
+                } else {
+                    Stage::First
+                },
+                relevance: relevances[r],
+            });
+        }
+        if let Some(min) = options.min_score() {
+            hits.retain(|h| h.relevance >= min);
+        }
+        if let Some(top) = options.top_n() {
+            hits.truncate(top);
+        }
         for report in [&first, &pw, &lw] {
             if let Some(why) = report.failure() {
                 tracing::warn!(stage = %report.stage, "stage failed, previous order kept: {why}");
             }
         }
         Ok(RerankedResults {
-            hits: out,
-            report: SearchReport {
+            hits,
+            report: RerankReport {
                 stages: vec![first, pw, lw],
                 total: start.elapsed(),
             },
         })
     }
 
+    /// The pointwise score of each passage (the best chunk's, with chunking), and the
+    /// winning chunk of the passages that were split.
     fn run_pointwise(
         &self,
         stage: &dyn PointwiseStage,
         query: &Query,
         passages: &[Passage],
-        deadline: Option<std::time::Instant>,
+        options: &RerankOptions,
+        deadline: Option<Instant>,
         report: &mut StageReport,
-    ) -> dear_core::Result<Vec<f32>> {
+    ) -> Result<(Vec<f32>, Vec<Option<ChunkSpan>>), StageFailure> {
+        let started = Instant::now();
+        // With chunking, the inputs are the chunks; `owner[k]` is chunk k's passage.
+        let mut chunk_spans: Vec<Vec<(usize, usize)>> = Vec::new();
+        let chunked: Option<Vec<Passage>> = match (options.chunking(), stage.tokenizer()) {
+            (None, _) => None,
+            (Some(_), None) => {
+                report.notes.push(
+                    "chunking needs a tokenizer and the stage has none: passages truncated".into(),
+                );
+                None
+            }
+            (Some(chunking), Some(tok)) => {
+                let mut inputs = Vec::new();
+                for p in passages {
+                    let size = stage.text_budget(p).unwrap_or(usize::MAX);
+                    let spans = chunking
+                        .spans(&p.text, size, tok)
+                        .map_err(|e| StageFailure::from_error(e, started.elapsed()))?;
+                    if spans.len() > 1 {
+                        inputs.extend(spans.iter().map(|&s| chunk_of(p, s)));
+                    } else {
+                        inputs.push(p.clone());
+                    }
+                    chunk_spans.push(spans);
+                }
+                Some(inputs)
+            }
+        };
+        let inputs: &[Passage] = chunked.as_deref().unwrap_or(passages);
+        let scores = self.score_cached(stage, query, inputs, deadline, report, started)?;
+        report.passages = passages.len();
+        if chunked.is_none() {
+            return Ok((scores, vec![None; passages.len()]));
+        }
+        let mut out = Vec::with_capacity(passages.len());
+        let mut best = Vec::with_capacity(passages.len());
+        let mut k = 0;
+        for spans in &chunk_spans {
+            let count = spans.len().max(1);
+            let mine = &scores[k..k + count];
+            let (win, score) =
+                mine.iter()
+                    .copied()
+                    .enumerate()
+                    .fold(
+                        (0, f32::NEG_INFINITY),
+                        |acc, (j, s)| {
+                            if s > acc.1 {
+                                (j, s)
+                            } else {
+                                acc
+                            }
+                        },
+                    );
+            out.push(score);
+            best.push((count > 1).then(|| ChunkSpan {
+                chunk: win,
+                of: count,
+                start: spans[win].0,
+                end: spans[win].1,
+            }));
+            k += count;
+        }
+        if k > 0 && chunk_spans.iter().any(|s| s.len() > 1) {
+            report.notes.push(format!(
+                "{} passage(s) split into {k} chunks (MaxP)",
+                chunk_spans.iter().filter(|s| s.len() > 1).count()
+            ));
+        }
+        Ok((out, best))
+    }
+
+    /// Scores `passages`, answering what it can from the cache.
+    fn score_cached(
+        &self,
+        stage: &dyn PointwiseStage,
+        query: &Query,
+        passages: &[Passage],
+        deadline: Option<Instant>,
+        report: &mut StageReport,
+        started: Instant,
+    ) -> Result<Vec<f32>, StageFailure> {
         let stage_key = stage.key();
         let keys: Vec<Key> = passages
             .iter()
@@ -348,7 +589,6 @@ impl DearReranker {
         let missing: Vec<usize> = (0..passages.len())
             .filter(|&i| scores[i].is_none())
             .collect();
-        report.passages = passages.len();
         report.cached = passages.len() - missing.len();
         if !missing.is_empty() {
             // The common case, nothing cached: hand over the passages as they are.
@@ -357,16 +597,18 @@ impl DearReranker {
             } else {
                 missing.iter().map(|&i| passages[i].clone()).collect()
             };
-            let scored = stage.score(query, &todo, deadline)?;
+            let scored = stage
+                .score(query, &todo, deadline)
+                .map_err(|e| StageFailure::from_error(e, started.elapsed()))?;
             if scored.scores.len() != todo.len() {
-                return Err(dear_core::Error::InvalidArgument(format!(
+                return Err(StageFailure::InvalidOutput(format!(
                     "the pointwise stage returned {} scores for {} passages",
                     scored.scores.len(),
                     todo.len()
                 )));
             }
             if let Some(bad) = scored.scores.iter().find(|s| s.is_nan()) {
-                return Err(dear_core::Error::InvalidArgument(format!(
+                return Err(StageFailure::InvalidOutput(format!(
                     "the pointwise stage returned a {bad} score"
                 )));
             }
@@ -387,16 +629,18 @@ impl DearReranker {
             .collect())
     }
 
-    /// The listwise permutation of `top` (positions into it), or why there is none.
+    /// The listwise permutation of `top` (positions into it), if the stage gave one
+    /// (also when it stopped early: the finished windows' work), and why it failed.
     fn run_listwise(
         &self,
         stage: &dyn ListwiseStage,
         query: &Query,
         top: &[Passage],
         options: &RerankOptions,
-        deadline: Option<std::time::Instant>,
+        deadline: Option<Instant>,
         report: &mut StageReport,
-    ) -> Result<Vec<usize>, String> {
+    ) -> (Option<Vec<usize>>, Option<StageFailure>) {
+        let started = Instant::now();
         let window = options.window_config();
         let key = Key::of(&[
             &stage.key(),
@@ -406,11 +650,17 @@ impl DearReranker {
         ]);
         if let Some(order) = self.cache.listwise(&key) {
             report.cached = top.len();
-            return Ok(order);
+            return (Some(order), None);
         }
-        let outcome = stage
-            .rerank(query, top, options.listwise_mode(), &window, deadline)
-            .map_err(|e| e.to_string())?;
+        let call = ListwiseOptions {
+            mode: options.listwise_mode(),
+            window: Some(window),
+            deadline,
+        };
+        let outcome = match stage.rank(query, top, &call) {
+            Ok(o) => o,
+            Err(e) => return (None, Some(StageFailure::from_error(e, started.elapsed()))),
+        };
         report.tokens = outcome
             .windows
             .iter()
@@ -418,40 +668,44 @@ impl DearReranker {
             .sum();
         for w in &outcome.windows {
             if let Some(f) = &w.failure {
+                report.window_failures.push(f.clone());
                 report
                     .notes
                     .push(format!("window {}..{} kept its order: {f}", w.start, w.end));
             }
         }
+        if !is_permutation(&outcome.order, top.len()) {
+            return (
+                None,
+                Some(StageFailure::InvalidOutput(format!(
+                    "the listwise stage returned {:?}, not a permutation of 0..{}",
+                    outcome.order,
+                    top.len()
+                ))),
+            );
+        }
         if let Some(why) = outcome.failure {
-            return Err(why);
+            // Stopped early: the finished windows' order stands, uncached.
+            let moved = outcome.order.iter().enumerate().any(|(i, &k)| i != k);
+            return (moved.then_some(outcome.order), Some(why));
         }
         if !outcome.windows.is_empty() && outcome.windows.iter().all(|w| w.failure.is_some()) {
             report.notes.clear();
-            let why = outcome.windows[0].failure.as_deref().unwrap_or("");
-            return Err(format!(
-                "no window produced a ranking ({} window(s); first: {why})",
-                outcome.windows.len()
-            ));
-        }
-        if !is_permutation(&outcome.order, top.len()) {
-            return Err(format!(
-                "the listwise stage returned {:?}, not a permutation of 0..{}",
-                outcome.order,
-                top.len()
-            ));
+            let first = outcome.windows[0]
+                .failure
+                .clone()
+                .unwrap_or(StageFailure::Cancelled);
+            return (
+                None,
+                Some(StageFailure::NoRanking {
+                    windows: outcome.windows.len(),
+                    first: Box::new(first),
+                }),
+            );
         }
         self.cache.put_listwise(key, outcome.order.clone());
-        Ok(outcome.order)
+        (Some(outcome.order), None)
     }
-}
-
-fn is_permutation(order: &[usize], n: usize) -> bool {
-    let mut seen = vec![false; n];
-    order.len() == n
-        && order
-            .iter()
-            .all(|&i| i < n && !std::mem::replace(&mut seen[i], true))
 }
 
 /// `passage` with title and text cut to `max` tokens together (title first), with a
@@ -496,10 +750,9 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
-    use dear_core::{Error as CoreError, ListwiseMode, ListwiseOutcome, WindowConfig};
+    use crate::{Error as CoreError, ListwiseOutcome, Scored, Stages};
 
     use super::*;
-    use crate::{ListwiseStage, PointwiseStage, Scored, Stages};
 
     /// Scores each passage by the number in its text; counts its calls.
     struct NumberScorer {
@@ -520,7 +773,7 @@ mod tests {
         fn key(&self) -> String {
             "numbers".into()
         }
-        fn score(&self, _: &Query, p: &[Passage], _: Option<Instant>) -> dear_core::Result<Scored> {
+        fn score(&self, _: &Query, p: &[Passage], _: Option<Instant>) -> crate::Result<Scored> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             self.passages.fetch_add(p.len(), Ordering::SeqCst);
             Ok(Scored {
@@ -539,7 +792,7 @@ mod tests {
         fn key(&self) -> String {
             "failing".into()
         }
-        fn score(&self, _: &Query, _: &[Passage], _: Option<Instant>) -> dear_core::Result<Scored> {
+        fn score(&self, _: &Query, _: &[Passage], _: Option<Instant>) -> crate::Result<Scored> {
             Err(CoreError::InvalidArgument("the scorer is broken".into()))
         }
     }
@@ -555,7 +808,7 @@ mod tests {
             _: Option<ListwiseMode>,
             _: &WindowConfig,
             _: Option<Instant>,
-        ) -> dear_core::Result<ListwiseOutcome> {
+        ) -> crate::Result<ListwiseOutcome> {
             Err(CoreError::InvalidArgument(
                 "the listwise model is broken".into(),
             ))
@@ -569,7 +822,7 @@ mod tests {
         fn key(&self) -> String {
             "short".into()
         }
-        fn score(&self, _: &Query, _: &[Passage], _: Option<Instant>) -> dear_core::Result<Scored> {
+        fn score(&self, _: &Query, _: &[Passage], _: Option<Instant>) -> crate::Result<Scored> {
             Ok(Scored {
                 scores: vec![1.0],
                 tokens: 0,
@@ -593,7 +846,7 @@ mod tests {
             _: Option<ListwiseMode>,
             window: &WindowConfig,
             deadline: Option<Instant>,
-        ) -> dear_core::Result<ListwiseOutcome> {
+        ) -> crate::Result<ListwiseOutcome> {
             assert_eq!(window.rank_end, p.len().max(window.rank_end));
             if self.sleep_past_deadline {
                 if let Some(d) = deadline {
@@ -725,10 +978,10 @@ mod tests {
             _: Option<ListwiseMode>,
             _: &WindowConfig,
             _: Option<Instant>,
-        ) -> dear_core::Result<ListwiseOutcome> {
+        ) -> crate::Result<ListwiseOutcome> {
             Ok(ListwiseOutcome {
                 order: (0..p.len()).collect(),
-                windows: vec![dear_core::WindowReport {
+                windows: vec![crate::WindowReport {
                     start: 0,
                     end: p.len(),
                     raw: "I cannot rank these.".into(),

@@ -3,12 +3,13 @@
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use dear_core::{ListwiseMode, WindowConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::pipeline::chunk::Chunking;
+use crate::{Error, ListwiseMode, WindowConfig};
 
-/// The reranking stages a search runs after BM25 (which always runs).
+/// The reranking stages that run after the first stage (which always counts: it is
+/// the order the candidates come in).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Stages {
     /// Score the candidates one by one.
@@ -18,13 +19,13 @@ pub struct Stages {
 }
 
 impl Stages {
-    /// BM25, pointwise and listwise.
+    /// First stage, pointwise and listwise.
     pub const ALL: Stages = Stages {
         pointwise: true,
         listwise: true,
     };
-    /// BM25 alone.
-    pub const BM25: Stages = Stages {
+    /// The first stage alone.
+    pub const FIRST: Stages = Stages {
         pointwise: false,
         listwise: false,
     };
@@ -40,18 +41,18 @@ impl Default for Stages {
 impl FromStr for Stages {
     type Err = Error;
 
-    /// Parses a comma-separated list of `bm25`, `pointwise`, `listwise` (`bm25` is
-    /// implied), e.g. `bm25,pointwise`.
+    /// Parses a comma-separated list of `first` (or `bm25`), `pointwise`, `listwise`
+    /// (the first stage is implied), e.g. `bm25,pointwise`.
     fn from_str(s: &str) -> crate::Result<Self> {
-        let mut stages = Stages::BM25;
+        let mut stages = Stages::FIRST;
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match part {
-                "bm25" => {}
+                "first" | "bm25" => {}
                 "pointwise" => stages.pointwise = true,
                 "listwise" => stages.listwise = true,
                 other => {
-                    return Err(Error::InvalidOption(format!(
-                        "unknown stage '{other}' (use bm25, pointwise, listwise)"
+                    return Err(Error::InvalidArgument(format!(
+                        "unknown stage '{other}' (use first, pointwise, listwise)"
                     )))
                 }
             }
@@ -62,7 +63,7 @@ impl FromStr for Stages {
 
 impl std::fmt::Display for Stages {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("bm25")?;
+        f.write_str("first")?;
         if self.pointwise {
             f.write_str(",pointwise")?;
         }
@@ -73,21 +74,22 @@ impl std::fmt::Display for Stages {
     }
 }
 
-/// Settings of one reranked search. Build with [`RerankOptions::default`] and the
+/// Settings of one reranking call (or one reranked search). Build with [`RerankOptions::default`] and the
 /// `with_*` setters.
 ///
 /// # Example
 /// ```
 /// use std::time::Duration;
-/// use dear_tantivy::RerankOptions;
+/// use dear_core::RerankOptions;
 /// let options = RerankOptions::default()
 ///     .with_candidates(50)
 ///     .with_listwise_depth(10)
-///     .with_stages("bm25,pointwise".parse()?)
+///     .with_stages("first,pointwise".parse()?)
+///     .with_top_n(10)
 ///     .with_timeout(Duration::from_secs(5));
 /// assert_eq!(options.candidates(), 50);
 /// assert!(!options.stages().listwise);
-/// # Ok::<(), dear_tantivy::Error>(())
+/// # Ok::<(), dear_core::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct RerankOptions {
@@ -100,12 +102,18 @@ pub struct RerankOptions {
     deadline: Option<Instant>,
     listwise_mode: Option<ListwiseMode>,
     max_passage_tokens: Option<usize>,
+    chunking: Option<Chunking>,
+    top_n: Option<usize>,
+    min_score: Option<f32>,
+    return_documents: bool,
+    started_at: Option<Instant>,
 }
 
 impl Default for RerankOptions {
-    /// DeAR's setting: BM25 top 100, pointwise over all of them, listwise over the top
-    /// 20 in one window (window 20, step 10), no deadline, the listwise stage's own
-    /// mode, the stages' own passage limits.
+    /// DeAR's setting: the first stage's top 100, pointwise over all of them,
+    /// listwise over the top 20 in one window (window 20, step 10), no deadline, the
+    /// listwise stage's own mode, the stages' own passage limits (DeAR's truncation,
+    /// no chunking), every candidate returned.
     fn default() -> Self {
         Self {
             candidates: 100,
@@ -117,12 +125,21 @@ impl Default for RerankOptions {
             deadline: None,
             listwise_mode: None,
             max_passage_tokens: None,
+            chunking: None,
+            top_n: None,
+            min_score: None,
+            return_documents: false,
+            started_at: None,
         }
     }
 }
 
 impl RerankOptions {
-    /// BM25 candidates fetched and reranked pointwise. Default: 100.
+    /// First-stage candidates reranked pointwise (Elasticsearch's
+    /// `rank_window_size`): search adapters fetch this many; [`Reranker::rerank`]
+    /// takes the first this many of the candidates it is given. Default: 100.
+    ///
+    /// [`Reranker::rerank`]: crate::Reranker::rerank
     #[must_use]
     pub fn with_candidates(mut self, n: usize) -> Self {
         self.candidates = n;
@@ -152,7 +169,8 @@ impl RerankOptions {
         self
     }
 
-    /// A time budget counted from the start of each search. When it runs out, the
+    /// A time budget counted from the start of each search (see
+    /// [`with_started_at`](Self::with_started_at)). When it runs out, the
     /// running stage stops and the order reached before it is kept. Default: none.
     #[must_use]
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
@@ -184,7 +202,73 @@ impl RerankOptions {
         self
     }
 
-    /// BM25 candidates.
+    /// Long passages split into overlapping chunks for the pointwise stage, each
+    /// scored, the best kept (MaxP). Default: none (DeAR's truncation).
+    #[must_use]
+    pub fn with_chunking(mut self, chunking: Chunking) -> Self {
+        self.chunking = Some(chunking);
+        self
+    }
+
+    /// Return at most `n` hits (after `min_score`). Default: all.
+    #[must_use]
+    pub fn with_top_n(mut self, n: usize) -> Self {
+        self.top_n = Some(n);
+        self
+    }
+
+    /// Drop hits whose relevance (in `[0, 1]`, see [`relevance`](crate::relevance))
+    /// is below `score`. Default: none.
+    #[must_use]
+    pub fn with_min_score(mut self, score: f32) -> Self {
+        self.min_score = Some(score);
+        self
+    }
+
+    /// Put each document in the results of [`Reranker::rank`](crate::Reranker::rank).
+    /// Default: false (Cohere's default).
+    #[must_use]
+    pub fn with_return_documents(mut self, yes: bool) -> Self {
+        self.return_documents = yes;
+        self
+    }
+
+    /// When the search started, if before the reranking call (a search adapter sets
+    /// it before its first stage): [`with_timeout`](Self::with_timeout) counts from
+    /// it, and the first stage's report takes the time until reranking began.
+    /// Default: the call's own start.
+    #[must_use]
+    pub fn with_started_at(mut self, start: Instant) -> Self {
+        self.started_at = Some(start);
+        self
+    }
+
+    /// Whether [`Reranker::rank`](crate::Reranker::rank) returns the documents.
+    pub fn return_documents(&self) -> bool {
+        self.return_documents
+    }
+
+    /// The search's start, if set.
+    pub fn started_at(&self) -> Option<Instant> {
+        self.started_at
+    }
+
+    /// The chunking, if any.
+    pub fn chunking(&self) -> Option<&Chunking> {
+        self.chunking.as_ref()
+    }
+
+    /// The most hits returned.
+    pub fn top_n(&self) -> Option<usize> {
+        self.top_n
+    }
+
+    /// The least relevance returned.
+    pub fn min_score(&self) -> Option<f32> {
+        self.min_score
+    }
+
+    /// First-stage candidates.
     pub fn candidates(&self) -> usize {
         self.candidates
     }
@@ -231,20 +315,33 @@ impl RerankOptions {
     /// Checks the settings.
     ///
     /// # Errors
-    /// [`Error::InvalidOption`] naming the setting at fault.
+    /// [`Error::InvalidArgument`] naming the setting at fault.
     pub fn validate(&self) -> crate::Result<()> {
         if self.candidates == 0 {
-            return Err(Error::InvalidOption("candidates must be at least 1".into()));
+            return Err(Error::InvalidArgument(
+                "candidates must be at least 1".into(),
+            ));
         }
         if self.stages.listwise && self.listwise_depth >= 2 {
-            self.window_config()
-                .validate()
-                .map_err(|e| Error::InvalidOption(e.to_string()))?;
+            self.window_config().validate()?;
         }
         if self.max_passage_tokens == Some(0) {
-            return Err(Error::InvalidOption(
+            return Err(Error::InvalidArgument(
                 "max passage tokens must be at least 1".into(),
             ));
+        }
+        if let Some(c) = &self.chunking {
+            c.validate()?;
+        }
+        if self.top_n == Some(0) {
+            return Err(Error::InvalidArgument("top_n must be at least 1".into()));
+        }
+        if let Some(m) = self.min_score {
+            if !(0.0..=1.0).contains(&m) {
+                return Err(Error::InvalidArgument(format!(
+                    "min_score must be a relevance in [0, 1], not {m}"
+                )));
+            }
         }
         Ok(())
     }
@@ -256,11 +353,12 @@ mod tests {
 
     #[test]
     fn stages_parse_and_print() -> crate::Result<()> {
-        assert_eq!("bm25".parse::<Stages>()?, Stages::BM25);
+        assert_eq!("bm25".parse::<Stages>()?, Stages::FIRST);
+        assert_eq!("first".parse::<Stages>()?, Stages::FIRST);
         assert_eq!("bm25,pointwise,listwise".parse::<Stages>()?, Stages::ALL);
         let s: Stages = "listwise".parse()?;
         assert!(s.listwise && !s.pointwise);
-        assert_eq!(s.to_string(), "bm25,listwise");
+        assert_eq!(s.to_string(), "first,listwise");
         let err = "bm25,dense".parse::<Stages>().unwrap_err().to_string();
         assert!(err.contains("dense"), "{err}");
         Ok(())
@@ -286,6 +384,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("max passage tokens"), "{err}");
+        for bad in [-0.1, 1.5, f32::NAN] {
+            let err = RerankOptions::default()
+                .with_min_score(bad)
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("min_score"), "{err}");
+        }
+        let err = RerankOptions::default()
+            .with_top_n(0)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("top_n"), "{err}");
         assert!(RerankOptions::default().validate().is_ok());
     }
 

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use dear_core::Passage;
+use crate::Passage;
 use parking_lot::Mutex;
 
 /// A 128-bit content key (two independently seeded SipHash values).

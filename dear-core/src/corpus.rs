@@ -3,7 +3,7 @@
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
-use dear_core::Passage;
+use crate::Passage;
 use serde::Deserialize;
 
 use crate::Error;

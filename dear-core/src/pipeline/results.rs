@@ -3,16 +3,18 @@
 
 use std::time::Duration;
 
-use dear_core::Passage;
 use serde::Serialize;
-use tantivy::DocAddress;
+
+use crate::pipeline::failure::StageFailure;
+use crate::Passage;
 
 /// A stage of the pipeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
-    /// The first stage (tantivy's BM25, or a given run).
-    Bm25,
+    /// The first stage: the order the candidates came in (a search engine's, a
+    /// vector store's, a given run's).
+    First,
     /// Pointwise scoring.
     Pointwise,
     /// Listwise reordering.
@@ -20,10 +22,10 @@ pub enum Stage {
 }
 
 impl Stage {
-    /// `bm25`, `pointwise` or `listwise`.
+    /// `first`, `pointwise` or `listwise`.
     pub fn name(self) -> &'static str {
         match self {
-            Stage::Bm25 => "bm25",
+            Stage::First => "first",
             Stage::Pointwise => "pointwise",
             Stage::Listwise => "listwise",
         }
@@ -37,38 +39,69 @@ impl std::fmt::Display for Stage {
 }
 
 /// One result, with what every stage made of it. Ranks are 1-based.
+///
+/// `H` is the caller's handle for the candidate (a tantivy `DocAddress`, a row id, an
+/// index into the caller's list): carried through untouched.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct RerankedHit {
-    /// Where the document is in the index (`None` for candidates not from tantivy).
+pub struct RerankedHit<H = ()> {
+    /// The caller's handle, as given in the [`Candidate`](crate::Candidate).
     #[serde(skip)]
-    pub address: Option<DocAddress>,
-    /// The passage as the stages read it (the stored id, title and text).
+    pub handle: H,
+    /// The position of the candidate in the input list (0-based).
+    pub index: usize,
+    /// The passage as the stages read it.
     pub passage: Passage,
-    /// The first-stage (BM25) score.
-    pub bm25_score: f32,
-    /// The first-stage rank.
-    pub bm25_rank: usize,
-    /// The pointwise score, if the pointwise stage scored this hit.
+    /// The first-stage score.
+    pub first_score: f32,
+    /// The first-stage rank (`index + 1`).
+    pub first_rank: usize,
+    /// The pointwise score, if the pointwise stage scored this hit (with chunking,
+    /// the best chunk's).
     pub pointwise_score: Option<f32>,
     /// The rank in the pointwise order, if the pointwise stage set one.
     pub pointwise_rank: Option<usize>,
+    /// Which chunk of the passage gave its pointwise score, when chunking split it.
+    pub best_chunk: Option<ChunkSpan>,
     /// The position the listwise stage gave this hit, if it reordered it.
     pub listwise_position: Option<usize>,
     /// The final rank.
     pub final_rank: usize,
     /// The stage whose order placed this hit.
     pub placed_by: Stage,
+    /// A relevance in `[0, 1]`, non-increasing along the final order (see
+    /// [`relevance`](crate::relevance)).
+    pub relevance: f32,
 }
 
-impl RerankedHit {
-    /// The stored id, or the empty string.
+impl<H> RerankedHit<H> {
+    /// The passage's id, or the empty string.
     pub fn id(&self) -> &str {
         self.passage.id.as_deref().unwrap_or("")
     }
+
+    /// The score of the stage that ranked this hit by score: the pointwise score when
+    /// there is one, else the first-stage score.
+    pub fn score(&self) -> f32 {
+        self.pointwise_score.unwrap_or(self.first_score)
+    }
+}
+
+/// Where the winning chunk of a long passage lies (MaxP chunking, see
+/// [`Chunking`](crate::Chunking)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ChunkSpan {
+    /// 0-based chunk number.
+    pub chunk: usize,
+    /// How many chunks the passage was split into.
+    pub of: usize,
+    /// Byte range of the chunk in the passage text.
+    pub start: usize,
+    /// One past its last byte.
+    pub end: usize,
 }
 
 /// How a stage ended.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "status", content = "reason", rename_all = "lowercase")]
 pub enum StageStatus {
     /// It ran and its order was used.
@@ -76,7 +109,7 @@ pub enum StageStatus {
     /// It was not asked for, not configured, or had nothing to do.
     Skipped(String),
     /// It failed or ran out of time; the previous order was kept.
-    Failed(String),
+    Failed(StageFailure),
 }
 
 /// What one stage did.
@@ -96,8 +129,11 @@ pub struct StageReport {
     pub cached: usize,
     /// Tokens the model read and wrote.
     pub tokens: usize,
-    /// Problems that did not fail the stage (a listwise window that kept its order).
+    /// Problems that did not fail the stage (a listwise window that kept its order, a
+    /// passage cut by words). Listwise window failures are also in `window_failures`.
     pub notes: Vec<String>,
+    /// Listwise windows that kept their order, and why.
+    pub window_failures: Vec<StageFailure>,
 }
 
 impl StageReport {
@@ -110,11 +146,12 @@ impl StageReport {
             cached: 0,
             tokens: 0,
             notes: Vec::new(),
+            window_failures: Vec::new(),
         }
     }
 
     /// The failure, if the stage failed.
-    pub fn failure(&self) -> Option<&str> {
+    pub fn failure(&self) -> Option<&StageFailure> {
         match &self.status {
             StageStatus::Failed(why) => Some(why),
             _ => None,
@@ -126,37 +163,37 @@ fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> 
     s.serialize_f64(d.as_secs_f64())
 }
 
-/// What the search did, stage by stage.
+/// What the reranking did, stage by stage.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct SearchReport {
-    /// One report per stage, in pipeline order (BM25, pointwise, listwise).
+pub struct RerankReport {
+    /// One report per stage, in pipeline order (first, pointwise, listwise).
     pub stages: Vec<StageReport>,
-    /// Wall time of the whole search.
+    /// Wall time of the whole call (with the first stage, when an adapter ran it).
     #[serde(serialize_with = "as_secs")]
     pub total: Duration,
 }
 
-impl SearchReport {
+impl RerankReport {
     /// The report of `stage`.
     pub fn stage(&self, stage: Stage) -> Option<&StageReport> {
         self.stages.iter().find(|r| r.stage == stage)
     }
 
-    /// Every failed stage with its reason.
-    pub fn failures(&self) -> impl Iterator<Item = (Stage, &str)> {
+    /// Every failed stage with its failure.
+    pub fn failures(&self) -> impl Iterator<Item = (Stage, &StageFailure)> {
         self.stages
             .iter()
             .filter_map(|r| r.failure().map(|f| (r.stage, f)))
     }
 }
 
-/// The result of a reranked search: every candidate in final order, and the report.
+/// The result of reranking: the candidates in final order, and the report.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct RerankedResults {
-    /// All candidates, best first (`hits[i].final_rank == i + 1`). Take a page with
-    /// `hits.iter().skip(offset).take(n)`; asking again for another page is answered
-    /// from the reranker's cache.
-    pub hits: Vec<RerankedHit>,
+pub struct RerankedResults<H = ()> {
+    /// The candidates, best first (`hits[i].final_rank == i + 1`), cut by the
+    /// options' `min_score` and `top_n` when set. Asking again for the same query
+    /// and candidates (another page) is answered from the reranker's cache.
+    pub hits: Vec<RerankedHit<H>>,
     /// What each stage did.
-    pub report: SearchReport,
+    pub report: RerankReport,
 }
