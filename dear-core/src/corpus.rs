@@ -8,10 +8,12 @@ use serde::Deserialize;
 
 use crate::Error;
 
+/// One JSON line of passages: BEIR's `{"_id", "title"?, "text"}`, or `"id"` for
+/// `"_id"`; ids may be strings or numbers.
 #[derive(Deserialize)]
-struct BeirLine {
-    #[serde(rename = "_id")]
-    id: serde_json::Value,
+struct PassageLine {
+    #[serde(rename = "_id", alias = "id", default)]
+    id: Option<serde_json::Value>,
     #[serde(default)]
     title: Option<String>,
     text: String,
@@ -22,6 +24,44 @@ fn id_string(v: &serde_json::Value) -> Option<String> {
         serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
         serde_json::Value::Number(n) => Some(n.to_string()),
         _ => None,
+    }
+}
+
+/// Parses one line of passages; `id_required` for corpora (BEIR), where documents
+/// are judged by id.
+fn parse_passage(text: &str, id_required: bool) -> Result<Passage, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    if !value.is_object() {
+        return Err(format!(
+            "expected a JSON object {{\"_id\" or \"id\", \"title\"?, \"text\"}}, found {}",
+            json_kind(&value)
+        ));
+    }
+    let line: PassageLine = serde_json::from_value(value)
+        .map_err(|e| format!("not a passage {{\"_id\" or \"id\", \"title\"?, \"text\"}}: {e}"))?;
+    let id = match &line.id {
+        None | Some(serde_json::Value::Null) if !id_required => None,
+        None | Some(serde_json::Value::Null) => return Err("`_id` is missing".into()),
+        Some(v) => Some(
+            id_string(v).ok_or("`_id` must be a non-empty string or a number")?,
+        ),
+    };
+    Ok(Passage {
+        id,
+        title: line.title.filter(|t| !t.trim().is_empty()),
+        text: line.text,
+    })
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
     }
 }
 
@@ -49,7 +89,7 @@ fn for_each_line(
             line,
             reason: format!("not UTF-8 ({e})"),
         })?;
-        let text = text.trim();
+        let text = text.trim_start_matches('\u{feff}').trim();
         if text.is_empty() {
             continue;
         }
@@ -61,22 +101,31 @@ fn for_each_line(
     }
 }
 
-/// Reads a BEIR corpus (`{"_id", "title", "text"}` per line; `title` optional).
+/// Reads a BEIR corpus (`{"_id", "title"?, "text"}` per line; `"id"` is accepted for
+/// `"_id"`, ids may be numbers).
 ///
 /// # Errors
 /// [`Error::Io`] for an unreadable file; [`Error::Input`] naming the line that is not
-/// UTF-8, not JSON, or lacks `_id` or `text`.
+/// UTF-8, not JSON, or lacks an id or `text`.
 pub fn read_beir_corpus(path: &Path, mut each: impl FnMut(Passage)) -> crate::Result<()> {
     for_each_line(path, |_, text| {
-        let doc: BeirLine = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        let id = id_string(&doc.id).ok_or("`_id` must be a non-empty string or a number")?;
-        each(Passage {
-            id: Some(id),
-            title: doc.title.filter(|t| !t.trim().is_empty()),
-            text: doc.text,
-        });
+        each(parse_passage(text, true)?);
         Ok(())
     })
+}
+
+/// Reads a file of passages, one JSON object per line, as [`read_beir_corpus`] does
+/// but with the id optional (`{"id"?, "title"?, "text"}`). Blank lines are skipped.
+///
+/// # Errors
+/// As [`read_beir_corpus`].
+pub fn read_passages(path: &Path) -> crate::Result<Vec<Passage>> {
+    let mut out = Vec::new();
+    for_each_line(path, |_, text| {
+        out.push(parse_passage(text, false)?);
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 #[derive(Deserialize)]

@@ -151,6 +151,10 @@ pub enum Error {
     #[error("{0}")]
     Batch(std::sync::Arc<Error>),
 
+    /// The first stage (a search engine, a run) failed.
+    #[error("first stage: {0}")]
+    FirstStage(String),
+
     /// An internal invariant does not hold (a bug in dear-core: please report it).
     #[error("internal error: {0}")]
     Internal(String),

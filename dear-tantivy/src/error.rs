@@ -5,7 +5,7 @@ use std::path::PathBuf;
 /// Everything that can go wrong in dear-tantivy.
 ///
 /// Failures of a reranking *stage* are not errors: they are reported in the
-/// [`SearchReport`](crate::SearchReport) and the previous order is kept. Errors are
+/// [`RerankReport`](dear_core::RerankReport) and the previous order is kept. Errors are
 /// what prevents the first stage itself (a bad schema, a broken index, a query that
 /// does not parse).
 #[derive(Debug, thiserror::Error)]
@@ -31,22 +31,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
-    /// Qrels or a run could not be read or written.
-    #[error(transparent)]
-    Eval(#[from] crate::eval::EvalError),
     /// An option is out of range.
     #[error("invalid option: {0}")]
     InvalidOption(String),
-    /// Input data (a corpus, a run, qrels) is malformed.
-    #[error("{}:{line}: {reason}", path.display())]
-    Input {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line number (0 when the problem is not on one line).
-        line: usize,
-        /// What is wrong.
-        reason: String,
-    },
     /// A file or folder could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {

@@ -1,13 +1,14 @@
-//! Which stored fields of a document make the passage the model reads.
+//! Which stored fields of a document make the passage the model reads: any schema.
 
 use dear_core::Passage;
 use tantivy::schema::{
-    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING,
+    Field, FieldType, IndexRecordOption, OwnedValue, Schema, TextFieldIndexing, TextOptions,
+    Value, STORED, STRING,
 };
 use tantivy::tokenizer::{
     Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
 };
-use tantivy::{Index, TantivyDocument};
+use tantivy::{DocAddress, Index, TantivyDocument};
 
 use crate::Error;
 
@@ -16,60 +17,100 @@ use crate::Error;
 /// stemming: the analysis BM25 baselines such as Anserini's use).
 pub const ENGLISH_ANALYZER: &str = "dear_en";
 
-/// Maps a document's stored fields to a [`Passage`]: an identifier, an optional
-/// title and the text.
+/// Maps a document of any schema to the [`Passage`] the models read: an identifier
+/// (a stored field of any type, or none: then the document's address), an optional
+/// title field and one or more text fields. Every value of a multi-valued field is
+/// kept; values and fields are joined with a blank line, in the order given.
 ///
 /// # Example
 /// ```
 /// use dear_tantivy::PassageFields;
-/// let (schema, fields) = PassageFields::default_schema();
-/// assert_eq!(schema.get_field_name(fields.text), "text");
-/// let same = PassageFields::from_schema(&schema, "id", Some("title"), "text")?;
-/// assert_eq!(same, fields);
+/// use dear_tantivy::tantivy::schema::{Schema, STORED, TEXT};
+/// let mut builder = Schema::builder();
+/// let id = builder.add_u64_field("id", STORED);
+/// let head = builder.add_text_field("abstract", TEXT | STORED);
+/// let body = builder.add_text_field("body", TEXT | STORED);
+/// let schema = builder.build();
+/// let fields = PassageFields::from_schema(&schema, Some("id"), None, &["abstract", "body"])?;
+/// assert_eq!(fields.text(), &[head, body]);
+/// assert_eq!(fields.id(), Some(id));
 /// # Ok::<(), dear_tantivy::Error>(())
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PassageFields {
-    /// The caller's document identifier (a stored string field).
-    pub id: Field,
-    /// The title, if documents have one (a stored text field).
-    pub title: Option<Field>,
-    /// The passage text (a stored text field).
-    pub text: Field,
+    id: Option<Field>,
+    title: Option<Field>,
+    text: Vec<Field>,
 }
 
 impl PassageFields {
-    /// Fields by handle.
-    pub fn new(id: Field, title: Option<Field>, text: Field) -> Self {
-        Self { id, title, text }
+    /// The passage text from `text` (one or more fields, joined in order).
+    pub fn new(text: impl IntoIterator<Item = Field>) -> Self {
+        Self {
+            id: None,
+            title: None,
+            text: text.into_iter().collect(),
+        }
     }
 
-    /// Fields by name, checked to exist and to be stored.
+    /// Sets the id field (any stored type); without one, ids are document addresses
+    /// (`segment:doc`).
+    #[must_use]
+    pub fn with_id(mut self, field: Field) -> Self {
+        self.id = Some(field);
+        self
+    }
+
+    /// Sets the title field (DeAR's input puts it before the text).
+    #[must_use]
+    pub fn with_title(mut self, field: Field) -> Self {
+        self.title = Some(field);
+        self
+    }
+
+    /// Fields by name, checked to exist and to be stored; text and title fields must
+    /// be text fields.
     ///
     /// # Errors
-    /// [`Error::FieldNotFound`] or [`Error::FieldType`] naming the field.
+    /// [`Error::FieldNotFound`] or [`Error::FieldType`] naming the field;
+    /// [`Error::InvalidOption`] for an empty list of text fields.
     pub fn from_schema(
         schema: &Schema,
-        id: &str,
+        id: Option<&str>,
         title: Option<&str>,
-        text: &str,
+        text: &[&str],
     ) -> crate::Result<Self> {
-        let get = |name: &str| -> crate::Result<Field> {
+        if text.is_empty() {
+            return Err(Error::InvalidOption(
+                "at least one text field is needed to make a passage".into(),
+            ));
+        }
+        let get = |name: &str, textual: bool| -> crate::Result<Field> {
             let field = schema
                 .get_field(name)
                 .map_err(|_| Error::FieldNotFound(name.to_string()))?;
-            if !schema.get_field_entry(field).is_stored() {
+            let entry = schema.get_field_entry(field);
+            if !entry.is_stored() {
                 return Err(Error::FieldType {
                     field: name.to_string(),
                     reason: "it is not stored, so the passage cannot be read back".into(),
                 });
             }
+            if textual && !matches!(entry.field_type(), FieldType::Str(_)) {
+                return Err(Error::FieldType {
+                    field: name.to_string(),
+                    reason: "it is not a text field".into(),
+                });
+            }
             Ok(field)
         };
         Ok(Self {
-            id: get(id)?,
-            title: title.map(get).transpose()?,
-            text: get(text)?,
+            id: id.map(|n| get(n, false)).transpose()?,
+            title: title.map(|n| get(n, true)).transpose()?,
+            text: text
+                .iter()
+                .map(|n| get(n, true))
+                .collect::<crate::Result<_>>()?,
         })
     }
 
@@ -89,27 +130,78 @@ impl PassageFields {
         let id = builder.add_text_field("id", STRING | STORED);
         let title = builder.add_text_field("title", text_options.clone());
         let text = builder.add_text_field("text", text_options);
-        (builder.build(), PassageFields::new(id, Some(title), text))
+        let fields = PassageFields::new([text]).with_id(id).with_title(title);
+        (builder.build(), fields)
     }
 
-    /// The fields BM25 searches: the title (if any) and the text.
+    /// The id field, if any.
+    pub fn id(&self) -> Option<Field> {
+        self.id
+    }
+
+    /// The title field, if any.
+    pub fn title(&self) -> Option<Field> {
+        self.title
+    }
+
+    /// The text fields.
+    pub fn text(&self) -> &[Field] {
+        &self.text
+    }
+
+    /// The fields a bag-of-words BM25 query searches: the title (if any) and the text
+    /// fields.
     pub fn searched(&self) -> Vec<Field> {
-        self.title.into_iter().chain([self.text]).collect()
+        self.title.into_iter().chain(self.text.iter().copied()).collect()
     }
 
-    /// The passage stored in `doc` (missing title or text read as empty, a missing id
-    /// as `None`).
-    pub fn passage(&self, doc: &TantivyDocument) -> Passage {
-        let get = |f: Field| {
-            doc.get_first(f)
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
+    /// The passage stored in `doc` at `address`: the id field's first value as text
+    /// (numbers in decimal, dates in microseconds since the Unix epoch, bytes in hex), or `segment:doc` when
+    /// there is no id field or value; the title's values; every value of the text
+    /// fields. Missing values read as empty.
+    pub fn passage(&self, doc: &TantivyDocument, address: DocAddress) -> Passage {
+        let joined = |f: Field| -> String {
+            doc.get_all(f)
+                .filter_map(|v| v.as_str())
+                .filter(|s| !s.trim().is_empty())
+                .collect::<Vec<_>>()
+                .join("\n\n")
         };
+        let id = self
+            .id
+            .and_then(|f| doc.get_first(f))
+            .and_then(|v| value_text(&OwnedValue::from(v)))
+            .unwrap_or_else(|| format!("{}:{}", address.segment_ord, address.doc_id));
+        let text = self
+            .text
+            .iter()
+            .map(|&f| joined(f))
+            .filter(|t| !t.is_empty())
+            .collect::<Vec<_>>()
+            .join("\n\n");
         Passage {
-            id: get(self.id),
-            title: self.title.and_then(get).filter(|t| !t.is_empty()),
-            text: get(self.text).unwrap_or_default(),
+            id: Some(id),
+            title: self.title.map(joined).filter(|t| !t.is_empty()),
+            text,
         }
+    }
+}
+
+/// A stored value as id text.
+fn value_text(v: &OwnedValue) -> Option<String> {
+    match v {
+        OwnedValue::Str(s) if !s.is_empty() => Some(s.clone()),
+        OwnedValue::U64(n) => Some(n.to_string()),
+        OwnedValue::I64(n) => Some(n.to_string()),
+        OwnedValue::F64(n) => Some(n.to_string()),
+        OwnedValue::Bool(b) => Some(b.to_string()),
+        OwnedValue::Date(d) => Some(d.into_timestamp_micros().to_string()),
+        OwnedValue::Bytes(b) if !b.is_empty() => {
+            Some(b.iter().map(|x| format!("{x:02x}")).collect())
+        }
+        OwnedValue::Facet(f) => Some(f.to_string()),
+        OwnedValue::IpAddr(ip) => Some(ip.to_string()),
+        _ => None,
     }
 }
 

@@ -84,7 +84,7 @@ impl PassageIndex {
 
     fn from_index(index: Index) -> crate::Result<Self> {
         register_analyzer(&index);
-        let fields = PassageFields::from_schema(&index.schema(), "id", Some("title"), "text")?;
+        let fields = PassageFields::from_schema(&index.schema(), Some("id"), Some("title"), &["text"])?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -102,8 +102,8 @@ impl PassageIndex {
     }
 
     /// The passage fields.
-    pub fn fields(&self) -> PassageFields {
-        self.fields
+    pub fn fields(&self) -> &PassageFields {
+        &self.fields
     }
 
     /// A searcher over the last commit.
@@ -121,7 +121,7 @@ impl PassageIndex {
     /// # Errors
     /// As [`RerankQuery::bag_of_words`].
     pub fn query(&self, text: &str) -> crate::Result<RerankQuery> {
-        RerankQuery::bag_of_words(self.fields, &self.index, text)
+        RerankQuery::bag_of_words(self.fields.clone(), &self.index, text)
     }
 
     /// A writer (one at a time per index; 64 MB of indexing memory).
@@ -132,7 +132,7 @@ impl PassageIndex {
         Ok(PassageWriter {
             writer: self.index.writer(64 << 20)?,
             reader: self.reader.clone(),
-            fields: self.fields,
+            fields: self.fields.clone(),
             pending: HashSet::new(),
         })
     }
@@ -165,13 +165,18 @@ impl PassageWriter {
             .as_deref()
             .filter(|id| !id.is_empty())
             .ok_or_else(|| Error::InvalidOption("a passage to index needs an id".into()))?;
-        let f = self.fields;
-        let term = Term::from_field_text(f.id, id);
+        let f = &self.fields;
+        let (Some(id_field), Some(&text_field)) = (f.id(), f.text().first()) else {
+            return Err(Error::InvalidOption(
+                "this index's fields have no id or text field to write".into(),
+            ));
+        };
+        let term = Term::from_field_text(id_field, id);
         let existed =
             !self.pending.insert(id.to_string()) || self.reader.searcher().doc_freq(&term)? > 0;
         self.writer.delete_term(term);
-        let mut document = doc!(f.id => id, f.text => passage.text.as_str());
-        if let (Some(field), Some(title)) = (f.title, passage.title.as_deref()) {
+        let mut document = doc!(id_field => id, text_field => passage.text.as_str());
+        if let (Some(field), Some(title)) = (f.title(), passage.title.as_deref()) {
             document.add_text(field, title);
         }
         self.writer.add_document(document)?;

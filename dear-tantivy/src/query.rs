@@ -16,14 +16,14 @@ use crate::{Error, PassageFields};
 /// # Example
 /// ```
 /// use dear_tantivy::{PassageFields, RerankQuery};
-/// use tantivy::query::QueryParser;
-/// use tantivy::Index;
+/// use dear_tantivy::tantivy::query::QueryParser;
+/// use dear_tantivy::tantivy::Index;
 /// let (schema, fields) = PassageFields::default_schema();
 /// let index = Index::create_in_ram(schema);
 /// dear_tantivy::register_analyzer(&index);
 /// // With tantivy's query language:
 /// let parser = QueryParser::for_index(&index, fields.searched());
-/// let q = RerankQuery::parse(fields, &parser, "title:rust ownership")?;
+/// let q = RerankQuery::parse(fields.clone(), &parser, "title:rust ownership")?;
 /// assert_eq!(q.text(), "title:rust ownership");
 /// // As a bag of words, the way BM25 baselines query (no syntax):
 /// let q = RerankQuery::bag_of_words(fields, &index, "What is ownership?")?;
@@ -106,8 +106,8 @@ impl RerankQuery {
     }
 
     /// The fields passages are read from.
-    pub fn fields(&self) -> PassageFields {
-        self.fields
+    pub fn fields(&self) -> &PassageFields {
+        &self.fields
     }
 }
 

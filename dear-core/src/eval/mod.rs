@@ -2,6 +2,9 @@
 //!
 //! * [`Qrels`]: relevance judgments, read from BEIR `qrels/test.tsv` or TREC qrels files.
 //! * [`Run`]: ranked lists per query, read and written in TREC run format.
+//! * [`evaluate_dataset`]: one call that runs every judged query of a BEIR [`Dataset`]
+//!   through a [`FirstStage`] (a search engine, or a TREC run: [`RunFirstStage`]) and a
+//!   [`Reranker`](crate::Reranker), and evaluates each stage's order.
 //! * [`evaluate`]: nDCG@10, MRR@10 and Recall@100 per query and averaged, computed as
 //!   trec_eval 9.x (`ndcg_cut.10`, `recall_100`, and `recip_rank` cut at 10) and
 //!   pytrec_eval, which BEIR uses, compute them. [`ndcg_at`], [`mrr_at`] and
@@ -20,20 +23,25 @@
 //!   relevant document count, with every measure 0.
 //!
 //! ```rust
-//! use dear_tantivy::eval::{evaluate, Qrels, Run};
+//! use dear_core::eval::{evaluate, Qrels, Run};
 //!
 //! let qrels: Qrels = "q1\td1\t2\n".parse()?;
 //! let mut run = Run::new();
 //! run.insert("q1", vec![("d1".to_owned(), 3.0), ("d2".to_owned(), 1.0)])?;
 //! assert_eq!(evaluate(&qrels, &run).mean.ndcg_at_10, 1.0);
-//! # Ok::<(), dear_tantivy::eval::EvalError>(())
+//! # Ok::<(), dear_core::eval::EvalError>(())
 //! ```
 
+mod dataset;
 mod error;
 mod metrics;
 mod qrels;
 mod run;
 
+pub use dataset::{
+    evaluate_dataset, Dataset, DatasetEvaluation, FirstStage, QueryDone, RunFirstStage,
+    StageEvaluation,
+};
 pub use error::EvalError;
 pub use metrics::{
     evaluate, mrr_at, ndcg_at, recall_at, trec_eval_order, Evaluation, QueryMetrics,

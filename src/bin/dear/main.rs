@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dear::dear_core::{
     default_model_path, AdapterMode, Device, GenerateOptions, Head, HubOptions, LanguageModel,
-    ListwiseConfig, ListwiseMode, ListwiseOutcome, ListwisePrompt, ListwiseReranker, LoadOptions,
+    ListwiseConfig, ListwiseMode, ListwiseOptions, ListwiseOutcome, ListwisePrompt, ListwiseRanker, LoadOptions,
     Passage, PointwiseConfig, PointwiseScorer, Quantization, QuantizedMatmul, Query, Recipe,
     Sampling, WeightDType, WindowConfig, WindowReport,
 };
@@ -43,7 +43,7 @@ enum Command {
     /// Search an index: BM25, then pointwise and listwise reranking.
     Search(search::SearchArgs),
     /// Evaluate the stages on a BEIR dataset (nDCG@10, MRR@10, Recall@100).
-    Eval(search::EvalArgs),
+    Eval(eval::EvalArgs),
     /// Measure the fixed workloads (W1 pointwise, W2 listwise) on a model.
     Bench(bench::BenchArgs),
 }
@@ -99,9 +99,9 @@ impl ModelArgs {
     }
 
     /// `--model`, or the default model when it is present.
-    fn spec(&self) -> anyhow::Result<String> {
+    fn spec(&self) -> anyhow::Result<PathBuf> {
         match &self.model {
-            Some(m) => Ok(m.clone()),
+            Some(m) => Ok(PathBuf::from(m)),
             None => {
                 let path = default_model_path();
                 if !path.is_file() {
@@ -110,7 +110,7 @@ impl ModelArgs {
                         path.display()
                     );
                 }
-                Ok(path.to_string_lossy().into_owned())
+                Ok(path)
             }
         }
     }
@@ -123,8 +123,8 @@ impl ModelArgs {
             options = options.with_adapter(adapter.clone(), AdapterMode::Merged);
         }
         let what = match &self.adapter {
-            Some(a) => format!("loading model {spec} with adapter {a}"),
-            None => format!("loading model {spec}"),
+            Some(a) => format!("loading model {} with adapter {a}", spec.display()),
+            None => format!("loading model {}", spec.display()),
         };
         LanguageModel::load(&spec, &options).context(what)
     }
@@ -295,58 +295,7 @@ fn find_recipe(name: &str) -> anyhow::Result<Recipe> {
 
 /// Reads a JSON Lines file of passages; errors name the file and the line.
 fn read_docs(path: &Path) -> anyhow::Result<Vec<Passage>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut passages = Vec::new();
-    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
-        let line_no = i + 1;
-        let at = || format!("{} line {line_no}", path.display());
-        let line = std::str::from_utf8(raw).map_err(|e| {
-            anyhow!(
-                "{}: not valid UTF-8 (invalid byte at column {})",
-                at(),
-                e.valid_up_to() + 1
-            )
-        })?;
-        let line = line.trim_start_matches('\u{feff}').trim();
-        if line.is_empty() {
-            continue;
-        }
-        let mut value: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| anyhow!("{}: invalid JSON: {e}", at()))?;
-        let Some(object) = value.as_object_mut() else {
-            bail!(
-                "{}: expected a JSON object {{\"id\"?, \"title\"?, \"text\"}}, found {}",
-                at(),
-                json_kind(&value)
-            );
-        };
-        // Numeric ids are carried as their decimal text.
-        for key in ["id", "_id"] {
-            if let Some(serde_json::Value::Number(n)) = object.get(key) {
-                let text = n.to_string();
-                object.insert(key.to_string(), serde_json::Value::String(text));
-            }
-        }
-        let passage: Passage = serde_json::from_value(value).map_err(|e| {
-            anyhow!(
-                "{}: not a passage {{\"id\"?, \"title\"?, \"text\"}}: {e}",
-                at()
-            )
-        })?;
-        passages.push(passage);
-    }
-    Ok(passages)
-}
-
-fn json_kind(value: &serde_json::Value) -> &'static str {
-    match value {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
-    }
+    Ok(dear::dear_core::corpus::read_passages(path)?)
 }
 
 /// Loads the scorer `args` describe: a recipe (with overrides), or a model whose
@@ -388,13 +337,10 @@ fn load_scorer(args: &ScoreArgs) -> anyhow::Result<PointwiseScorer> {
         return recipe.load(&args.model.options()).context(what);
     }
     let lm = args.model.load()?;
-    let head = explicit_head.unwrap_or_else(|| {
-        if lm.llama().score_labels(None).is_some() {
-            Head::Classifier
-        } else {
-            Head::default_yes_no()
-        }
-    });
+    let head = match explicit_head {
+        Some(head) => head,
+        None => PointwiseConfig::for_model(&lm, None)?.head,
+    };
     let config = lengths(PointwiseConfig {
         head,
         ..PointwiseConfig::classifier()
@@ -599,7 +545,7 @@ struct ListwiseJson<'a> {
     permutation: &'a [usize],
     raw: String,
     windows: &'a [WindowReport],
-    failure: Option<&'a str>,
+    failure: Option<&'a dear::dear_core::StageFailure>,
 }
 
 /// The generated text of every window, joined by newlines.
@@ -624,10 +570,14 @@ fn listwise(args: &ListwiseArgs) -> anyhow::Result<()> {
     };
     let started = Instant::now();
     let lm = args.model.load()?;
-    let reranker = ListwiseReranker::new(Arc::new(lm), None, config)?;
+    let reranker = ListwiseRanker::new(Arc::new(lm), None, config)?;
     let loaded = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let outcome = reranker.rerank(&Query::new(args.query.clone()), &passages)?;
+    let outcome = reranker.rank(
+        &Query::new(args.query.clone()),
+        &passages,
+        &ListwiseOptions::default(),
+    )?;
     let seconds = started.elapsed().as_secs_f64();
     let generated: usize = outcome.windows.iter().map(|w| w.generated_tokens).sum();
     let windows = outcome.windows.len();
@@ -645,7 +595,7 @@ fn listwise(args: &ListwiseArgs) -> anyhow::Result<()> {
             permutation: &outcome.order,
             raw: joined_raw(&outcome),
             windows: &outcome.windows,
-            failure: outcome.failure.as_deref(),
+            failure: outcome.failure.as_ref(),
         };
         writeln!(stdout, "{}", serde_json::to_string(&json)?)?;
         return Ok(());

@@ -1,25 +1,19 @@
 //! `dear index`, `dear search` and `dear eval`: the tantivy pipeline from the shell.
 
-use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use dear::dear_core::{
-    AdapterMode, Head, LanguageModel, ListwiseConfig, ListwiseReranker, Passage, PointwiseConfig,
-    Reranker,
-};
-use dear::dear_tantivy::eval::{evaluate, Qrels, QueryMetrics, Run};
-use dear::dear_tantivy::{
-    corpus, Candidate, DearReranker, PassageIndex, RerankOptions, RerankedHit, RerankedResults,
-    SearchReranked, Stage, StageStatus, Stages,
-};
+use dear::dear_core::{corpus, Passage, RerankReport, StageStatus};
+use dear::dear_tantivy::tantivy::collector::TopDocs;
+use dear::dear_tantivy::tantivy::TantivyDocument;
+use dear::dear_tantivy::{PassageIndex, SearchHit, SearchOptions, SearchReranked, SearchResults};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{id_column_width, one_line, HeadChoice, ModeChoice, ModelArgs};
+use super::{id_column_width, one_line};
+use crate::pipeline::PipelineArgs;
 
 // ---------------------------------------------------------------- index
 
@@ -37,15 +31,15 @@ pub struct IndexArgs {
     index: PathBuf,
 }
 
-struct IndexSummary {
+pub(crate) struct IndexSummary {
     added: usize,
     replaced: usize,
-    total: u64,
-    elapsed: Duration,
+    pub(crate) total: u64,
+    pub(crate) elapsed: Duration,
 }
 
 /// Adds the documents of `corpus`/`dir` to `index`.
-fn fill_index(
+pub(crate) fn fill_index(
     index: &PassageIndex,
     corpus_file: Option<&Path>,
     dir: Option<&Path>,
@@ -112,59 +106,84 @@ pub struct SearchArgs {
     /// The index folder (see `dear index`).
     #[arg(long)]
     index: PathBuf,
-    /// Results shown.
+    /// Results shown (the page size).
     #[arg(long, default_value_t = 10)]
     top_k: usize,
-    /// Print {"hits": [...], "report": {...}} instead of a table.
+    /// Results skipped before the page (a page is a slice of the full reranked order).
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
+    /// Print {"hits": [...], "total", "report": {...}} instead of a table.
     #[arg(long)]
     json: bool,
+    /// Add a snippet of at most this many characters, query terms in <b>, to each hit.
+    #[arg(long)]
+    snippets: Option<usize>,
     #[command(flatten)]
     pipeline: PipelineArgs,
-    /// The query (plain words; no query syntax).
-    query: String,
+    /// The query (plain words; no query syntax); or give it with --query.
+    #[arg(long = "query", value_name = "QUERY", conflicts_with = "query_arg")]
+    query: Option<String>,
+    /// The query, as a positional argument.
+    #[arg(value_name = "QUERY_TEXT")]
+    query_arg: Option<String>,
 }
 
 pub fn search(args: &SearchArgs) -> anyhow::Result<()> {
+    let Some(text) = args.query.as_ref().or(args.query_arg.as_ref()) else {
+        bail!("give the query as an argument or with --query");
+    };
     let index = PassageIndex::open(&args.index)?;
-    let options = args.pipeline.options()?;
+    let mut options = SearchOptions::new(args.top_k)
+        .and_offset(args.offset)
+        .with_rerank(args.pipeline.options()?);
+    if let Some(n) = args.snippets {
+        options = options.with_snippets(n);
+    }
     let reranker = args.pipeline.reranker()?;
-    let query = index.query(&args.query)?;
+    let query = index.query(text)?;
     let results = index
         .searcher()
         .search_reranked(&query, &reranker, &options)?;
     let mut out = std::io::stdout().lock();
     if args.json {
-        let shown = RerankedResults {
-            hits: results.hits.iter().take(args.top_k).cloned().collect(),
-            report: results.report.clone(),
-        };
-        serde_json::to_writer(&mut out, &shown)?;
+        serde_json::to_writer(&mut out, &results)?;
         writeln!(out)?;
         return Ok(());
     }
-    let mut bm25: Vec<&RerankedHit> = results.hits.iter().collect();
-    bm25.sort_by_key(|h| h.bm25_rank);
-    writeln!(out, "BM25 top {}:", args.top_k.min(bm25.len()))?;
-    for h in bm25.iter().take(args.top_k) {
+    // BM25's own page, for comparison.
+    let searcher = index.searcher();
+    let bm25 = searcher.search(
+        query.query(),
+        &TopDocs::with_limit(args.top_k.max(1))
+            .and_offset(args.offset)
+            .order_by_score(),
+    )?;
+    writeln!(out, "BM25 top {}:", bm25.len())?;
+    for (rank, (_, address)) in bm25.iter().enumerate() {
+        let doc: TantivyDocument = searcher.doc(*address)?;
+        let p = query.fields().passage(&doc, *address);
         writeln!(
             out,
             "{:>4}  {:<46}  {}",
-            h.bm25_rank,
-            h.id(),
-            one_line(&h.passage.text, 70)
+            args.offset + rank + 1,
+            p.id.as_deref().unwrap_or(""),
+            one_line(&p.text, 70)
         )?;
     }
-    writeln!(out, "\nreranked ({}):", args.pipeline.stages)?;
-    print_table(
-        &mut out,
-        &results.hits[..results.hits.len().min(args.top_k)],
+    writeln!(
+        out,
+        "\nreranked ({}), {} of {}:",
+        args.pipeline.stages,
+        results.hits.len(),
+        results.total
     )?;
+    print_table(&mut out, &results.hits)?;
     writeln!(out)?;
     print_report(&mut out, &results)?;
     Ok(())
 }
 
-pub(crate) fn print_table(out: &mut impl Write, hits: &[RerankedHit]) -> anyhow::Result<()> {
+pub(crate) fn print_table(out: &mut impl Write, hits: &[SearchHit]) -> anyhow::Result<()> {
     if hits.is_empty() {
         writeln!(out, "no results")?;
         return Ok(());
@@ -179,23 +198,30 @@ pub(crate) fn print_table(out: &mut impl Write, hits: &[RerankedHit]) -> anyhow:
         let pw = h
             .pointwise_score
             .map_or_else(|| "-".to_string(), |s| format!("{s:.3}"));
-        let moved = format!("{:>4} → {:<4}", h.bm25_rank, h.final_rank);
+        let moved = format!("{:>4} → {:<4}", h.first_rank, h.final_rank);
         writeln!(
             out,
             "{:>4}  {:<idw$}  {moved:>11}  {:>7.3}  {pw:>9}  {:<9}  {:<40}  {}",
             h.final_rank,
             h.id(),
-            h.bm25_score,
+            h.first_score,
             h.placed_by.name(),
             one_line(h.passage.title.as_deref().unwrap_or("-"), 40),
             one_line(&h.passage.text, 50)
         )?;
+        if let Some(snippet) = &h.snippet {
+            writeln!(out, "      {}", one_line(snippet, 200))?;
+        }
     }
     Ok(())
 }
 
-pub(crate) fn print_report(out: &mut impl Write, results: &RerankedResults) -> anyhow::Result<()> {
-    for s in &results.report.stages {
+pub(crate) fn print_report(out: &mut impl Write, results: &SearchResults) -> anyhow::Result<()> {
+    print_stage_report(out, &results.report)
+}
+
+pub(crate) fn print_stage_report(out: &mut impl Write, report: &RerankReport) -> anyhow::Result<()> {
+    for s in &report.stages {
         let status = match &s.status {
             StageStatus::Completed => "ok".to_string(),
             StageStatus::Skipped(why) => format!("skipped ({why})"),
@@ -225,7 +251,7 @@ pub(crate) fn print_report(out: &mut impl Write, results: &RerankedResults) -> a
     writeln!(
         out,
         "total     {:>7.2} s",
-        results.report.total.as_secs_f64()
+        report.total.as_secs_f64()
     )?;
     Ok(())
 }
