@@ -15,6 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::rerank::permutation::is_permutation;
 use crate::Error;
 
 /// Sliding-window settings (RankGPT/RankLLM `sliding_windows`).
@@ -239,16 +240,6 @@ pub fn slide<E>(
         });
     }
     Ok((order, records))
-}
-
-/// Whether `p` is a permutation of `0..n`.
-fn is_permutation(p: &[usize], n: usize) -> bool {
-    if p.len() != n {
-        return false;
-    }
-    let mut seen = vec![false; n];
-    p.iter()
-        .all(|&i| i < n && !std::mem::replace(&mut seen[i], true))
 }
 
 #[cfg(test)]
