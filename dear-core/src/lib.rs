@@ -50,9 +50,8 @@ pub use crate::error::Error;
 pub use crate::generate::{generate, FinishReason, GenerateOptions, Generation, Sampling};
 pub use crate::language_model::{default_model_path, LanguageModel, DEFAULT_MODEL_FILE};
 pub use crate::loader::{
-    AdapterSpec, HubOptions, LoadOptions, Quantization, QuantizedMatmul, WeightDType,
+    AdapterMode, AdapterSpec, HubOptions, LoadOptions, Quantization, QuantizedMatmul, WeightDType,
 };
-pub use crate::lora::AdapterMode;
 pub use crate::model::{AdapterId, ForwardOptions, ForwardOutput, KvCache, Llama, Outputs, Select};
 pub use crate::rerank::{
     has_ranking, listwise_passage_text, listwise_prompt_ids, parse_ranking, slide, EncodedQuery,

@@ -178,6 +178,17 @@ pub struct LoadOptions {
     adapters: Vec<AdapterSpec>,
 }
 
+/// How a LoRA adapter is applied (see `crate::lora`, which applies it; the mode is
+/// chosen here, with the adapter, in [`LoadOptions`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AdapterMode {
+    /// Folded into the base weights at load (before quantization). One per model.
+    #[default]
+    Merged,
+    /// Kept apart and applied per call, so several adapters can share one base.
+    Unmerged,
+}
+
 /// A LoRA adapter to load with a model.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AdapterSpec {
@@ -186,7 +197,7 @@ pub struct AdapterSpec {
     /// The name calls select it by (unmerged mode). Default: the folder name.
     pub name: Option<String>,
     /// Merged into the weights, or applied per call.
-    pub mode: crate::lora::AdapterMode,
+    pub mode: AdapterMode,
 }
 
 impl LoadOptions {
@@ -223,11 +234,7 @@ impl LoadOptions {
     /// [`AdapterMode::Merged`](crate::AdapterMode::Merged); any number unmerged, each
     /// selected per call by its name (the folder name).
     #[must_use]
-    pub fn with_adapter(
-        mut self,
-        source: impl Into<String>,
-        mode: crate::lora::AdapterMode,
-    ) -> Self {
+    pub fn with_adapter(mut self, source: impl Into<String>, mode: AdapterMode) -> Self {
         self.adapters.push(AdapterSpec {
             source: source.into(),
             name: None,
@@ -242,7 +249,7 @@ impl LoadOptions {
         mut self,
         name: impl Into<String>,
         source: impl Into<String>,
-        mode: crate::lora::AdapterMode,
+        mode: AdapterMode,
     ) -> Self {
         self.adapters.push(AdapterSpec {
             source: source.into(),
