@@ -98,7 +98,7 @@ impl LanguageModel {
         } else {
             options.dtype().candle()
         };
-        let tokenizer = loader::open_tokenizer(&files)?;
+        let tokenizer = Tokenizer::from_model_files(&files)?;
         let mut weights = opened.weights;
         let mut unmerged = Vec::new();
         let mut merged_seen = false;

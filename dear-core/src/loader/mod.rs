@@ -21,6 +21,7 @@ use crate::config::ModelConfig;
 use crate::device::Device;
 use crate::Error;
 
+pub(crate) use self::gguf::{read_content, GgufMeta};
 pub(crate) use self::hub::resolve_hub_model;
 pub use self::hub::HubOptions;
 
@@ -506,17 +507,6 @@ pub(crate) fn open(files: &ModelFiles, options: &LoadOptions) -> crate::Result<O
                 weights: Box::new(source),
                 rope_freq_divisors: freqs,
             })
-        }
-    }
-}
-
-/// Reads the tokenizer of located model files.
-pub(crate) fn open_tokenizer(files: &ModelFiles) -> crate::Result<crate::Tokenizer> {
-    match files {
-        ModelFiles::HfDir { dir, .. } => crate::Tokenizer::from_hf_dir(dir),
-        ModelFiles::Gguf(path) => {
-            let content = gguf::read_content(path)?;
-            crate::Tokenizer::from_gguf(&content, path)
         }
     }
 }
