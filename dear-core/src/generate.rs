@@ -2,8 +2,12 @@
 //! all unfinished sequences together, one token each per step, each with its own KV
 //! cache. Greedy or seeded temperature/top-p sampling; stops at any stop token, at
 //! `max_new_tokens`, at the end of the context window, or when the callback says so.
+//!
+//! A [`LogitsHook`] ([`generate_with_hook`]) sees each sequence's next-token logits
+//! before a token is chosen: it can change them (mask tokens out), choose the next
+//! tokens itself, or end the sequence. Constrained listwise decoding is such a hook.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling as CandleSampling};
 
 use crate::batch::Batch;
@@ -116,6 +120,57 @@ pub enum FinishReason {
     ContextFull,
     /// The token callback asked to stop.
     Cancelled,
+    /// The [`LogitsHook`] ended the sequence ([`NextToken::Stop`]).
+    Hook,
+}
+
+/// What a [`LogitsHook`] decides for a sequence's next step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NextToken {
+    /// Choose the next token from the logits (as the hook left them) with the options'
+    /// [`Sampling`] rule.
+    Sample,
+    /// Append these tokens without sampling (all fed to the model in one step). They
+    /// are checked like sampled ones, in order: the token callback, the stop tokens,
+    /// `max_new_tokens` and the context window can end the sequence part way. An empty
+    /// list is an error.
+    Force(Vec<u32>),
+    /// End the sequence now, adding nothing ([`FinishReason::Hook`]).
+    Stop,
+}
+
+/// Looks at (and may change) each sequence's next-token logits before a token is
+/// chosen; see [`generate_with_hook`].
+///
+/// Closures `FnMut(usize, &[u32], &mut [f32]) -> crate::Result<NextToken>` are hooks.
+pub trait LogitsHook {
+    /// Called once per step for every running sequence, before its next token is
+    /// chosen: `seq` is its index in the prompts, `generated` the tokens it has
+    /// generated so far (forced ones included), `logits` its next-token logits as f32
+    /// (one per vocabulary entry), which the hook may modify for [`NextToken::Sample`].
+    ///
+    /// # Errors
+    /// An error ends the whole generation with that error.
+    fn next_token(
+        &mut self,
+        seq: usize,
+        generated: &[u32],
+        logits: &mut [f32],
+    ) -> crate::Result<NextToken>;
+}
+
+impl<F> LogitsHook for F
+where
+    F: FnMut(usize, &[u32], &mut [f32]) -> crate::Result<NextToken>,
+{
+    fn next_token(
+        &mut self,
+        seq: usize,
+        generated: &[u32],
+        logits: &mut [f32],
+    ) -> crate::Result<NextToken> {
+        self(seq, generated, logits)
+    }
 }
 
 /// One sequence's generated tokens.
@@ -172,6 +227,59 @@ pub fn generate(
     stop_tokens: &[u32],
     on_token: &mut dyn FnMut(usize, u32) -> bool,
 ) -> crate::Result<Vec<Generation>> {
+    run(model, prompts, options, stop_tokens, None, on_token)
+}
+
+/// [`generate`] with a [`LogitsHook`] consulted before every token: it may modify the
+/// logits the token is sampled from, force the next tokens, or end a sequence
+/// ([`FinishReason::Hook`]).
+///
+/// # Errors
+/// As [`generate`]; the hook's errors; [`Error::InvalidArgument`] when the hook forces
+/// an empty list of tokens.
+///
+/// # Example
+/// Forbid a token (here id 0) everywhere:
+/// ```no_run
+/// # fn main() -> dear_core::Result<()> {
+/// use dear_core::{generate_with_hook, GenerateOptions, LanguageModel, LoadOptions, NextToken};
+/// let lm = LanguageModel::load("SmolLM2-135M-Instruct.Q4_1.gguf", &LoadOptions::default())?;
+/// let prompt = lm.tokenizer().encode("Hello", true)?;
+/// let mut no_zero = |_: usize, _: &[u32], logits: &mut [f32]| {
+///     logits[0] = f32::NEG_INFINITY;
+///     Ok::<_, dear_core::Error>(NextToken::Sample)
+/// };
+/// let out = generate_with_hook(
+///     lm.llama(),
+///     &[prompt],
+///     &GenerateOptions::default().with_max_new_tokens(8),
+///     lm.tokenizer().end_token_ids(),
+///     &mut no_zero,
+///     &mut |_, _| true,
+/// )?;
+/// assert!(!out[0].tokens.contains(&0));
+/// # Ok(())
+/// # }
+/// ```
+pub fn generate_with_hook(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    options: &GenerateOptions,
+    stop_tokens: &[u32],
+    hook: &mut dyn LogitsHook,
+    on_token: &mut dyn FnMut(usize, u32) -> bool,
+) -> crate::Result<Vec<Generation>> {
+    run(model, prompts, options, stop_tokens, Some(hook), on_token)
+}
+
+fn run(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    options: &GenerateOptions,
+    stop_tokens: &[u32],
+    mut hook: Option<&mut dyn LogitsHook>,
+    on_token: &mut dyn FnMut(usize, u32) -> bool,
+) -> crate::Result<Vec<Generation>> {
     let ctx = model.config().max_position_embeddings;
     for (i, p) in prompts.iter().enumerate() {
         if p.is_empty() {
@@ -208,20 +316,43 @@ pub fn generate(
         let mut next_active = Vec::with_capacity(active.len());
         let mut next_tokens = Vec::with_capacity(active.len());
         for (row, &seq) in active.iter().enumerate() {
-            let token = processors[seq].sample(&logits.get(row)?)?;
-            let out = &mut results[seq];
-            out.tokens.push(token);
-            if !on_token(seq, token) {
-                out.finish = FinishReason::Cancelled;
-            } else if stops.contains(&token) {
-                out.finish = FinishReason::Stop(token);
-            } else if out.tokens.len() >= options.max_new_tokens {
-                out.finish = FinishReason::Length;
-            } else if caches[seq].len() + 1 >= ctx {
-                out.finish = FinishReason::ContextFull;
-            } else {
+            let row_logits = logits.get(row)?;
+            let new = match hook.as_deref_mut() {
+                None => vec![processors[seq].sample(&row_logits)?],
+                Some(hook) => {
+                    let mut values = row_logits.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                    match hook.next_token(seq, &results[seq].tokens, &mut values)? {
+                        NextToken::Sample => {
+                            let len = values.len();
+                            let t = Tensor::from_vec(values, len, &candle_core::Device::Cpu)?;
+                            vec![processors[seq].sample(&t)?]
+                        }
+                        NextToken::Force(tokens) if tokens.is_empty() => {
+                            return Err(Error::InvalidArgument(format!(
+                                "the logits hook forced no tokens for sequence {seq}"
+                            )))
+                        }
+                        NextToken::Force(tokens) => tokens,
+                        NextToken::Stop => {
+                            results[seq].finish = FinishReason::Hook;
+                            continue;
+                        }
+                    }
+                }
+            };
+            let cached = caches[seq].len();
+            if let Some(tokens) = append(
+                &mut results[seq],
+                seq,
+                new,
+                cached,
+                ctx,
+                stops,
+                options,
+                on_token,
+            ) {
                 next_active.push(seq);
-                next_tokens.push(token);
+                next_tokens.push(tokens);
             }
         }
         if next_active.is_empty() {
@@ -230,8 +361,8 @@ pub fn generate(
         let mut batch = Batch::new();
         let mut step_caches = Vec::with_capacity(next_active.len());
         // Move the active caches out for this step, then put them back.
-        for (&seq, &token) in next_active.iter().zip(&next_tokens) {
-            batch.push(&[token], caches[seq].len())?;
+        for (&seq, tokens) in next_active.iter().zip(&next_tokens) {
+            batch.push(tokens, caches[seq].len())?;
             step_caches.push(std::mem::take(&mut caches[seq]));
         }
         let step = last_logits(model, &batch, &mut step_caches, options.adapter);
@@ -241,6 +372,41 @@ pub fn generate(
         logits = step?;
         active = next_active;
     }
+}
+
+/// Appends a sequence's next tokens (one sampled or several forced) to its output,
+/// checking after each the token callback, the stop tokens and `max_new_tokens`, and
+/// then the context window (`cached` tokens are in its KV cache). Returns the tokens
+/// to feed to the model next, or `None` when the sequence has finished.
+#[allow(clippy::too_many_arguments)]
+fn append(
+    out: &mut Generation,
+    seq: usize,
+    tokens: Vec<u32>,
+    cached: usize,
+    ctx: usize,
+    stops: &[u32],
+    options: &GenerateOptions,
+    on_token: &mut dyn FnMut(usize, u32) -> bool,
+) -> Option<Vec<u32>> {
+    for &token in &tokens {
+        out.tokens.push(token);
+        if !on_token(seq, token) {
+            out.finish = FinishReason::Cancelled;
+        } else if stops.contains(&token) {
+            out.finish = FinishReason::Stop(token);
+        } else if out.tokens.len() >= options.max_new_tokens {
+            out.finish = FinishReason::Length;
+        } else {
+            continue;
+        }
+        return None;
+    }
+    if cached + tokens.len() >= ctx {
+        out.finish = FinishReason::ContextFull;
+        return None;
+    }
+    Some(tokens)
 }
 
 fn last_logits(
@@ -253,4 +419,75 @@ fn last_logits(
     let out = model.forward_with(batch, caches, Outputs::last_logits(), options)?;
     out.logits
         .ok_or_else(|| Error::InvalidArgument("the model returned no logits".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh() -> Generation {
+        Generation {
+            tokens: Vec::new(),
+            finish: FinishReason::Length,
+        }
+    }
+
+    /// Forced tokens go through the same checks as sampled ones, token by token.
+    #[test]
+    fn forced_tokens_are_checked_in_order() {
+        let options = GenerateOptions::default().with_max_new_tokens(10);
+        let mut yes = |_: usize, _: u32| true;
+        // All fit: fed to the model together.
+        let mut out = fresh();
+        let next = append(&mut out, 0, vec![1, 2, 3], 5, 100, &[9], &options, &mut yes);
+        assert_eq!(next, Some(vec![1, 2, 3]));
+        // A stop token part way ends the sequence there.
+        let mut out = fresh();
+        assert_eq!(
+            append(&mut out, 0, vec![1, 9, 3], 5, 100, &[9], &options, &mut yes),
+            None
+        );
+        assert_eq!(
+            (out.tokens, out.finish),
+            (vec![1, 9], FinishReason::Stop(9))
+        );
+        // So does max_new_tokens.
+        let mut out = fresh();
+        let short = GenerateOptions::default().with_max_new_tokens(2);
+        assert_eq!(
+            append(&mut out, 0, vec![1, 2, 3], 5, 100, &[], &short, &mut yes),
+            None
+        );
+        assert_eq!((out.tokens, out.finish), (vec![1, 2], FinishReason::Length));
+        // And the token callback.
+        let mut out = fresh();
+        let mut not_two = |_: usize, t: u32| t != 2;
+        assert_eq!(
+            append(
+                &mut out,
+                0,
+                vec![1, 2, 3],
+                5,
+                100,
+                &[],
+                &options,
+                &mut not_two
+            ),
+            None
+        );
+        assert_eq!(
+            (out.tokens, out.finish),
+            (vec![1, 2], FinishReason::Cancelled)
+        );
+        // Tokens that fill the context are kept; the sequence ends.
+        let mut out = fresh();
+        assert_eq!(
+            append(&mut out, 0, vec![1, 2], 8, 10, &[], &options, &mut yes),
+            None
+        );
+        assert_eq!(
+            (out.tokens, out.finish),
+            (vec![1, 2], FinishReason::ContextFull)
+        );
+    }
 }

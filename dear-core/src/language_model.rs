@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use crate::generate::{generate, GenerateOptions, Generation};
 use std::sync::Arc;
 
-use crate::loader::{self, AdapterSpec, LoadOptions, ModelFiles};
-use crate::lora::{self, AdapterMode, LoraAdapter, MergedSource};
+use crate::loader::{self, AdapterMode, AdapterSpec, LoadOptions, ModelFiles};
+use crate::lora::{self, LoraAdapter, MergedSource};
 use crate::model::Llama;
 use crate::{ChatMessage, Error, Tokenizer};
 
@@ -106,7 +106,7 @@ impl LanguageModel {
         } else {
             options.dtype().candle()
         };
-        let tokenizer = loader::open_tokenizer(&files)?;
+        let tokenizer = Tokenizer::from_model_files(&files)?;
         let mut weights = opened.weights;
         let mut unmerged = Vec::new();
         let mut merged_seen = false;

@@ -50,12 +50,14 @@ pub use crate::chat_template::{ChatMessage, ChatTemplate};
 pub use crate::config::{ModelConfig, RopeConfig, RopeScaling};
 pub use crate::device::Device;
 pub use crate::error::Error;
-pub use crate::generate::{generate, FinishReason, GenerateOptions, Generation, Sampling};
+pub use crate::generate::{
+    generate, generate_with_hook, FinishReason, GenerateOptions, Generation, LogitsHook, NextToken,
+    Sampling,
+};
 pub use crate::language_model::{default_model_path, LanguageModel, DEFAULT_MODEL_FILE};
 pub use crate::loader::{
-    AdapterSpec, HubOptions, LoadOptions, Quantization, QuantizedMatmul, WeightDType,
+    AdapterMode, AdapterSpec, HubOptions, LoadOptions, Quantization, QuantizedMatmul, WeightDType,
 };
-pub use crate::lora::AdapterMode;
 pub use crate::model::{AdapterId, ForwardOptions, ForwardOutput, KvCache, Llama, Outputs, Select};
 pub use crate::pipeline::{
     relevance, Candidate, ChunkSpan, Chunking, DearSetup, HeadChoice, ListwiseStage,

@@ -22,7 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::gguf_file::Content;
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::decoders::fuse::Fuse;
@@ -42,6 +42,7 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 use crate::chat_template::ChatTemplate;
 use crate::error::Error;
+use crate::loader::{read_content, GgufMeta, ModelFiles};
 
 /// The named special tokens `transformers` knows, in the order it handles them (and passes
 /// them to chat templates).
@@ -302,6 +303,15 @@ impl Tokenizer {
         )
     }
 
+    /// Reads the tokenizer of located model files: `tokenizer.json` and its companions
+    /// in a Hugging Face directory, or a GGUF file's metadata.
+    pub(crate) fn from_model_files(files: &ModelFiles) -> crate::Result<Self> {
+        match files {
+            ModelFiles::HfDir { dir, .. } => Self::from_hf_dir(dir),
+            ModelFiles::Gguf(path) => Self::from_gguf(&read_content(path)?, path),
+        }
+    }
+
     /// Loads the tokenizer stored in the metadata of the GGUF file at `path`.
     ///
     /// # Errors
@@ -327,7 +337,7 @@ impl Tokenizer {
     /// [`Error::ChatTemplate`] when `tokenizer.chat_template` does not compile.
     pub(crate) fn from_gguf(content: &Content, path: &Path) -> crate::Result<Self> {
         let origin = path.display().to_string();
-        let meta = GgufMeta { content, path };
+        let meta = GgufMeta::new(content, path);
         let model = meta.string("tokenizer.ggml.model")?.ok_or_else(|| {
             Error::tokenizer(
                 origin.clone(),
@@ -1171,114 +1181,5 @@ fn add_gguf_added_tokens(
         .collect();
     if !user_defined.is_empty() {
         inner.add_tokens(&user_defined);
-    }
-}
-
-/// Typed access to GGUF metadata, naming the file and key in errors.
-struct GgufMeta<'a> {
-    content: &'a Content,
-    path: &'a Path,
-}
-
-impl<'a> GgufMeta<'a> {
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.content.metadata.get(key)
-    }
-
-    fn wrong_type(&self, key: &str, expected: &str) -> Error {
-        Error::config(self.path, key, format!("expected {expected}"))
-    }
-
-    fn string(&self, key: &str) -> crate::Result<Option<&'a str>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::String(text)) => Ok(Some(text.as_str())),
-            Some(_) => Err(self.wrong_type(key, "a string")),
-        }
-    }
-
-    fn u32(&self, key: &str) -> crate::Result<Option<u32>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(value) => integer(value)
-                .and_then(|v| u32::try_from(v).ok())
-                .map(Some)
-                .ok_or_else(|| self.wrong_type(key, "a token id")),
-        }
-    }
-
-    fn bool(&self, key: &str) -> crate::Result<Option<bool>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Bool(flag)) => Ok(Some(*flag)),
-            Some(value) => integer(value)
-                .map(|v| Some(v != 0))
-                .ok_or_else(|| self.wrong_type(key, "a boolean")),
-        }
-    }
-
-    fn array(&self, key: &str) -> crate::Result<Option<&'a Vec<Value>>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Array(items)) => Ok(Some(items)),
-            Some(_) => Err(self.wrong_type(key, "an array")),
-        }
-    }
-
-    fn strings(&self, key: &str) -> crate::Result<Option<Vec<String>>> {
-        let Some(items) = self.array(key)? else {
-            return Ok(None);
-        };
-        items
-            .iter()
-            .map(|item| match item {
-                Value::String(text) => Ok(text.clone()),
-                _ => Err(self.wrong_type(key, "an array of strings")),
-            })
-            .collect::<crate::Result<Vec<_>>>()
-            .map(Some)
-    }
-
-    fn ints(&self, key: &str) -> crate::Result<Option<Vec<i64>>> {
-        let Some(items) = self.array(key)? else {
-            return Ok(None);
-        };
-        items
-            .iter()
-            .map(|item| integer(item).ok_or_else(|| self.wrong_type(key, "an array of integers")))
-            .collect::<crate::Result<Vec<_>>>()
-            .map(Some)
-    }
-
-    fn floats(&self, key: &str) -> crate::Result<Option<Vec<f64>>> {
-        let Some(items) = self.array(key)? else {
-            return Ok(None);
-        };
-        items
-            .iter()
-            .map(|item| match item {
-                Value::F32(v) => Ok(f64::from(*v)),
-                Value::F64(v) => Ok(*v),
-                other => integer(other)
-                    .map(|v| v as f64)
-                    .ok_or_else(|| self.wrong_type(key, "an array of numbers")),
-            })
-            .collect::<crate::Result<Vec<_>>>()
-            .map(Some)
-    }
-}
-
-/// An integer metadata value of any width.
-fn integer(value: &Value) -> Option<i64> {
-    match value {
-        Value::U8(v) => Some(i64::from(*v)),
-        Value::I8(v) => Some(i64::from(*v)),
-        Value::U16(v) => Some(i64::from(*v)),
-        Value::I16(v) => Some(i64::from(*v)),
-        Value::U32(v) => Some(i64::from(*v)),
-        Value::I32(v) => Some(i64::from(*v)),
-        Value::U64(v) => i64::try_from(*v).ok(),
-        Value::I64(v) => Some(*v),
-        _ => None,
     }
 }

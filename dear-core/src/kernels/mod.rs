@@ -1,8 +1,11 @@
 //! CPU compute kernels behind the network code: the quantized GEMM used for prefill
-//! and decoding ([`qgemm`]), blocked causal attention over packed sequences
-//! ([`attention`]) and fused element-wise activations ([`activation`]).
+//! and decoding ([`qgemm`]), the f32 product with dequantized weight blocks used for
+//! decoding without rounding the activations (`dequant`, on `qgemm`'s block decoder),
+//! blocked causal attention over packed sequences ([`attention`]) and fused
+//! element-wise activations ([`activation`]).
 //!
-//! Every kernel has a portable scalar reference and SIMD versions chosen at run time
+//! Every kernel but `dequant` (portable code only) has a portable scalar reference
+//! and SIMD versions chosen at run time
 //! from the CPU's features ([`Isa::detect`]), so one binary runs everywhere and uses
 //! AVX2 or AVX-512 (with VNNI) where present. `unsafe` lives only in the `*_x86`
 //! modules, each block with a SAFETY comment.
@@ -11,6 +14,7 @@
 
 pub mod activation;
 pub mod attention;
+pub(crate) mod dequant;
 pub mod qgemm;
 
 use std::sync::OnceLock;

@@ -86,7 +86,7 @@ pub(super) fn block_scale(amax: f32) -> (f32, f32) {
 }
 
 /// Values per activation block and per weight (sub-)block.
-const QK: usize = 32;
+pub(super) const QK: usize = 32;
 /// Output columns per unpacked weight tile (the many-row kernels' panel width).
 const NR: usize = 32;
 /// Inputs with at most this many rows take the direct (decoding) kernels.
@@ -141,40 +141,13 @@ pub fn matmul_with(
     out: &mut [f32],
     precision: Precision,
 ) -> crate::Result<()> {
+    let problem = problem(dtype, w, n, k, x, m, out)?;
+    let fmt = problem.fmt;
     let bad = |what: String| {
         Err(crate::Error::InvalidArgument(format!(
             "quantized matmul of x [{m}, {k}] by w [{n}, {k}] {dtype:?}: {what}"
         )))
     };
-    let Some(fmt) = Format::of(dtype) else {
-        return bad("unsupported block type (q4_0, q4_1, q8_0 and q4_K are)".into());
-    };
-    if !k.is_multiple_of(fmt.block_values()) {
-        return bad(format!(
-            "k = {k} is not a multiple of the block size {}",
-            fmt.block_values()
-        ));
-    }
-    let row_bytes = k / fmt.block_values() * fmt.block_bytes();
-    match n.checked_mul(row_bytes) {
-        Some(len) if len == w.len() => {}
-        _ => {
-            return bad(format!(
-                "w has {} bytes, expected n · k / {} · {} = {n} · {row_bytes}",
-                w.len(),
-                fmt.block_values(),
-                fmt.block_bytes()
-            ))
-        }
-    }
-    match m.checked_mul(k) {
-        Some(len) if len == x.len() => {}
-        _ => return bad(format!("x has {} values, expected m · k", x.len())),
-    }
-    match m.checked_mul(n) {
-        Some(len) if len == out.len() => {}
-        _ => return bad(format!("out has {} values, expected m · n", out.len())),
-    }
     if !Isa::available().contains(&isa) {
         return bad(format!("this CPU cannot run {isa:?} kernels"));
     }
@@ -185,13 +158,6 @@ pub fn matmul_with(
         out.fill(0.0);
         return Ok(());
     }
-    let problem = Problem {
-        fmt,
-        w,
-        n,
-        k,
-        row_bytes,
-    };
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => {
@@ -240,19 +206,78 @@ pub fn matmul_with(
     Ok(())
 }
 
-/// The weight side of one call.
-struct Problem<'a> {
-    fmt: Format,
-    /// `n` rows of `row_bytes` block bytes.
+/// Checks the operands of `out[m, n] = x[m, k] · w[n, k]ᵀ` (`w` the raw ggml blocks of
+/// an `[n, k]` matrix of type `dtype`) against each other and the block layout.
+///
+/// # Errors
+/// [`crate::Error::InvalidArgument`] when `dtype` is not [`supported`], `k` is not a
+/// multiple of its block size, or a slice's length does not match `n`, `k` and `m`.
+pub(crate) fn problem<'a>(
+    dtype: GgmlDType,
     w: &'a [u8],
     n: usize,
     k: usize,
-    row_bytes: usize,
+    x: &[f32],
+    m: usize,
+    out: &[f32],
+) -> crate::Result<Problem<'a>> {
+    let bad = |what: String| {
+        Err(crate::Error::InvalidArgument(format!(
+            "quantized matmul of x [{m}, {k}] by w [{n}, {k}] {dtype:?}: {what}"
+        )))
+    };
+    let Some(fmt) = Format::of(dtype) else {
+        return bad("unsupported block type (q4_0, q4_1, q8_0 and q4_K are)".into());
+    };
+    if !k.is_multiple_of(fmt.block_values()) {
+        return bad(format!(
+            "k = {k} is not a multiple of the block size {}",
+            fmt.block_values()
+        ));
+    }
+    let row_bytes = k / fmt.block_values() * fmt.block_bytes();
+    match n.checked_mul(row_bytes) {
+        Some(len) if len == w.len() => {}
+        _ => {
+            return bad(format!(
+                "w has {} bytes, expected n · k / {} · {} = {n} · {row_bytes}",
+                w.len(),
+                fmt.block_values(),
+                fmt.block_bytes()
+            ))
+        }
+    }
+    match m.checked_mul(k) {
+        Some(len) if len == x.len() => {}
+        _ => return bad(format!("x has {} values, expected m · k", x.len())),
+    }
+    match m.checked_mul(n) {
+        Some(len) if len == out.len() => {}
+        _ => return bad(format!("out has {} values, expected m · n", out.len())),
+    }
+    Ok(Problem {
+        fmt,
+        w,
+        n,
+        k,
+        row_bytes,
+    })
+}
+
+/// The weight side of one call, checked by [`problem`].
+#[derive(Clone, Copy)]
+pub(crate) struct Problem<'a> {
+    pub(super) fmt: Format,
+    /// `n` rows of `row_bytes` block bytes.
+    pub(super) w: &'a [u8],
+    pub(super) n: usize,
+    pub(super) k: usize,
+    pub(super) row_bytes: usize,
 }
 
 /// The supported ggml block formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Format {
+pub(crate) enum Format {
     Q4_0,
     Q4_1,
     Q8_0,
@@ -260,7 +285,7 @@ enum Format {
 }
 
 impl Format {
-    fn of(dtype: GgmlDType) -> Option<Format> {
+    pub(super) fn of(dtype: GgmlDType) -> Option<Format> {
         match dtype {
             GgmlDType::Q4_0 => Some(Format::Q4_0),
             GgmlDType::Q4_1 => Some(Format::Q4_1),
@@ -271,7 +296,7 @@ impl Format {
     }
 
     /// Values per ggml block.
-    fn block_values(self) -> usize {
+    pub(super) fn block_values(self) -> usize {
         match self {
             Format::Q4K => 256,
             _ => QK,
@@ -279,7 +304,7 @@ impl Format {
     }
 
     /// Bytes per ggml block.
-    fn block_bytes(self) -> usize {
+    pub(super) fn block_bytes(self) -> usize {
         match self {
             Format::Q4_0 => 18,
             Format::Q4_1 => 20,
@@ -318,9 +343,10 @@ fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
 }
 
 /// Unpacks one ggml block (`fmt.block_values()` values) into `q` (that many bytes) and
-/// one `d` / `mn` per 32 values.
+/// one `d` / `mn` per 32 values: value `j` is `d[j / 32] · q[j] + mn[j / 32]`. The one
+/// block decoder of the crate (the integer kernels here and [`super::dequant`]).
 #[inline(always)]
-fn unpack_block(fmt: Format, block: &[u8], q: &mut [u8], d: &mut [f32], mn: &mut [f32]) {
+pub(super) fn unpack_block(fmt: Format, block: &[u8], q: &mut [u8], d: &mut [f32], mn: &mut [f32]) {
     match fmt {
         Format::Q4_0 | Format::Q4_1 => {
             let dd = f16_at(block, 0);

@@ -77,39 +77,182 @@ fn gguf_name(hf: &str) -> Option<String> {
     Some(format!("blk.{layer}.{module}.{suffix}"))
 }
 
-fn md_usize(content: &Content, path: &Path, key: &str) -> crate::Result<Option<usize>> {
-    let Some(v) = content.metadata.get(key) else {
-        return Ok(None);
-    };
-    let n = match v {
-        Value::U8(x) => *x as i128,
-        Value::I8(x) => *x as i128,
-        Value::U16(x) => *x as i128,
-        Value::I16(x) => *x as i128,
-        Value::U32(x) => *x as i128,
-        Value::I32(x) => *x as i128,
-        Value::U64(x) => *x as i128,
-        Value::I64(x) => *x as i128,
-        _ => return Err(Error::config(path, key, "not an integer")),
-    };
-    usize::try_from(n)
-        .map(Some)
-        .map_err(|_| Error::config(path, key, format!("{n} is out of range")))
+/// Typed access to a GGUF file's metadata, for the model config and the tokenizer.
+///
+/// A missing key reads as `Ok(None)`; a value of another type than asked for (or an
+/// integer out of range) is an [`Error::Config`] naming the file, the key, and the
+/// type expected and found. Integers of any width are accepted where an integer is
+/// asked for.
+pub(crate) struct GgufMeta<'a> {
+    content: &'a Content,
+    path: &'a Path,
 }
 
-fn md_f64(content: &Content, path: &Path, key: &str) -> crate::Result<Option<f64>> {
-    match content.metadata.get(key) {
-        None => Ok(None),
-        Some(Value::F32(x)) => Ok(Some(*x as f64)),
-        Some(Value::F64(x)) => Ok(Some(*x)),
-        Some(_) => Err(Error::config(path, key, "not a floating-point number")),
+impl<'a> GgufMeta<'a> {
+    /// The metadata of `content`, read from the file at `path` (named in errors).
+    pub(crate) fn new(content: &'a Content, path: &'a Path) -> Self {
+        Self { content, path }
+    }
+
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.content.metadata.get(key)
+    }
+
+    fn wrong_type(&self, key: &str, expected: &str, found: &Value) -> Error {
+        Error::config(
+            self.path,
+            key,
+            format!("expected {expected}, found {}", type_name(found)),
+        )
+    }
+
+    /// A string value.
+    pub(crate) fn string(&self, key: &str) -> crate::Result<Option<&'a str>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text.as_str())),
+            Some(other) => Err(self.wrong_type(key, "a string", other)),
+        }
+    }
+
+    /// A non-negative integer that fits a `usize`.
+    pub(crate) fn usize(&self, key: &str) -> crate::Result<Option<usize>> {
+        self.integer_as(key, "an unsigned integer")
+    }
+
+    /// A token id: a non-negative integer that fits a `u32`.
+    pub(crate) fn u32(&self, key: &str) -> crate::Result<Option<u32>> {
+        self.integer_as(key, "a token id (an unsigned 32-bit integer)")
+    }
+
+    fn integer_as<T: TryFrom<i128>>(&self, key: &str, expected: &str) -> crate::Result<Option<T>> {
+        let Some(value) = self.get(key) else {
+            return Ok(None);
+        };
+        let n = integer(value).ok_or_else(|| self.wrong_type(key, expected, value))?;
+        T::try_from(n).map(Some).map_err(|_| {
+            Error::config(
+                self.path,
+                key,
+                format!("{n} is out of range for {expected}"),
+            )
+        })
+    }
+
+    /// A floating-point number (f32 or f64).
+    pub(crate) fn f64(&self, key: &str) -> crate::Result<Option<f64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::F32(x)) => Ok(Some(f64::from(*x))),
+            Some(Value::F64(x)) => Ok(Some(*x)),
+            Some(other) => Err(self.wrong_type(key, "a floating-point number", other)),
+        }
+    }
+
+    /// A boolean (or an integer, non-zero meaning true, as some converters write it).
+    pub(crate) fn bool(&self, key: &str) -> crate::Result<Option<bool>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(flag)) => Ok(Some(*flag)),
+            Some(value) => integer(value)
+                .map(|v| Some(v != 0))
+                .ok_or_else(|| self.wrong_type(key, "a boolean", value)),
+        }
+    }
+
+    /// An array of any values.
+    pub(crate) fn array(&self, key: &str) -> crate::Result<Option<&'a [Value]>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Array(items)) => Ok(Some(items.as_slice())),
+            Some(other) => Err(self.wrong_type(key, "an array", other)),
+        }
+    }
+
+    /// An array of strings.
+    pub(crate) fn strings(&self, key: &str) -> crate::Result<Option<Vec<String>>> {
+        self.items(key, "an array of strings", |item| match item {
+            Value::String(text) => Some(text.clone()),
+            _ => None,
+        })
+    }
+
+    /// An array of integers of any width (that fit an `i64`).
+    pub(crate) fn ints(&self, key: &str) -> crate::Result<Option<Vec<i64>>> {
+        self.items(key, "an array of integers", |item| {
+            integer(item).and_then(|v| i64::try_from(v).ok())
+        })
+    }
+
+    /// An array of numbers, floating-point or integer.
+    pub(crate) fn floats(&self, key: &str) -> crate::Result<Option<Vec<f64>>> {
+        self.items(key, "an array of numbers", |item| match item {
+            Value::F32(v) => Some(f64::from(*v)),
+            Value::F64(v) => Some(*v),
+            other => integer(other).map(|v| v as f64),
+        })
+    }
+
+    /// Every item of an array through `convert`; an item it refuses is a type error.
+    fn items<T>(
+        &self,
+        key: &str,
+        expected: &str,
+        convert: impl Fn(&Value) -> Option<T>,
+    ) -> crate::Result<Option<Vec<T>>> {
+        let Some(items) = self.array(key)? else {
+            return Ok(None);
+        };
+        items
+            .iter()
+            .map(|item| {
+                convert(item).ok_or_else(|| {
+                    Error::config(
+                        self.path,
+                        key,
+                        format!(
+                            "expected {expected}, found an item of type {}",
+                            type_name(item)
+                        ),
+                    )
+                })
+            })
+            .collect::<crate::Result<Vec<_>>>()
+            .map(Some)
     }
 }
 
-fn md_str<'a>(content: &'a Content, key: &str) -> Option<&'a str> {
-    match content.metadata.get(key) {
-        Some(Value::String(s)) => Some(s.as_str()),
+/// An integer metadata value of any width.
+fn integer(value: &Value) -> Option<i128> {
+    match value {
+        Value::U8(v) => Some(i128::from(*v)),
+        Value::I8(v) => Some(i128::from(*v)),
+        Value::U16(v) => Some(i128::from(*v)),
+        Value::I16(v) => Some(i128::from(*v)),
+        Value::U32(v) => Some(i128::from(*v)),
+        Value::I32(v) => Some(i128::from(*v)),
+        Value::U64(v) => Some(i128::from(*v)),
+        Value::I64(v) => Some(i128::from(*v)),
         _ => None,
+    }
+}
+
+/// The GGUF type of a metadata value, for error messages.
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::U8(_) => "u8",
+        Value::I8(_) => "i8",
+        Value::U16(_) => "u16",
+        Value::I16(_) => "i16",
+        Value::U32(_) => "u32",
+        Value::I32(_) => "i32",
+        Value::U64(_) => "u64",
+        Value::I64(_) => "i64",
+        Value::F32(_) => "f32",
+        Value::F64(_) => "f64",
+        Value::Bool(_) => "bool",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
     }
 }
 
@@ -134,13 +277,15 @@ impl GgufSource {
         requantize: Quantization,
     ) -> crate::Result<Self> {
         let content = read_content(path)?;
-        let arch = md_str(&content, "general.architecture").ok_or_else(|| {
-            Error::config(
-                path,
-                "general.architecture",
-                "missing from the GGUF metadata",
-            )
-        })?;
+        let arch = GgufMeta::new(&content, path)
+            .string("general.architecture")?
+            .ok_or_else(|| {
+                Error::config(
+                    path,
+                    "general.architecture",
+                    "missing from the GGUF metadata",
+                )
+            })?;
         if arch != "llama" {
             return Err(Error::UnsupportedArchitecture {
                 architecture: arch.to_string(),
@@ -160,8 +305,9 @@ impl GgufSource {
     /// The model config, from `llama.*` metadata.
     pub(crate) fn config(&self) -> crate::Result<ModelConfig> {
         let (c, p) = (&self.content, self.path.as_path());
+        let meta = GgufMeta::new(c, p);
         let need = |key: &str| -> crate::Result<usize> {
-            md_usize(c, p, key)?
+            meta.usize(key)?
                 .ok_or_else(|| Error::config(p, key, "missing from the GGUF metadata"))
         };
         let hidden_size = need("llama.embedding_length")?;
@@ -173,24 +319,24 @@ impl GgufSource {
                 "must be greater than 0",
             ));
         }
-        let head_dim = match md_usize(c, p, "llama.attention.key_length")? {
+        let head_dim = match meta.usize("llama.attention.key_length")? {
             Some(d) => d,
             None => hidden_size / num_heads,
         };
-        let vocab_size = match md_usize(c, p, "llama.vocab_size")? {
+        let vocab_size = match meta.usize("llama.vocab_size")? {
             Some(v) => v,
-            None => match c.metadata.get("tokenizer.ggml.tokens") {
-                Some(Value::Array(tokens)) => tokens.len(),
-                _ => match c.tensor_infos.get("token_embd.weight") {
+            None => match meta.array("tokenizer.ggml.tokens")? {
+                Some(tokens) => tokens.len(),
+                None => match c.tensor_infos.get("token_embd.weight") {
                     Some(info) => info.shape.dims()[0],
                     None => return Err(Error::config(p, "llama.vocab_size", "missing")),
                 },
             },
         };
-        let scaling = match md_str(c, "llama.rope.scaling.type") {
+        let scaling = match meta.string("llama.rope.scaling.type")? {
             None | Some("none") => RopeScaling::Default,
             Some("linear") => RopeScaling::Linear {
-                factor: md_f64(c, p, "llama.rope.scaling.factor")?.unwrap_or(1.0) as f32,
+                factor: meta.f64("llama.rope.scaling.factor")?.unwrap_or(1.0) as f32,
             },
             Some(other) => {
                 return Err(Error::config(
@@ -200,35 +346,37 @@ impl GgufSource {
                 ))
             }
         };
-        let token_id = |key: &str| -> crate::Result<Option<u32>> {
-            Ok(md_usize(c, p, key)?.map(|v| v as u32))
-        };
         let cfg = ModelConfig {
             vocab_size,
             hidden_size,
             intermediate_size: need("llama.feed_forward_length")?,
             num_layers: need("llama.block_count")?,
             num_heads,
-            num_kv_heads: md_usize(c, p, "llama.attention.head_count_kv")?.unwrap_or(num_heads),
+            num_kv_heads: meta
+                .usize("llama.attention.head_count_kv")?
+                .unwrap_or(num_heads),
             head_dim,
-            rms_norm_eps: md_f64(c, p, "llama.attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
+            rms_norm_eps: meta
+                .f64("llama.attention.layer_norm_rms_epsilon")?
+                .unwrap_or(1e-5),
             rope: RopeConfig {
-                theta: md_f64(c, p, "llama.rope.freq_base")?.unwrap_or(10_000.0) as f32,
+                theta: meta.f64("llama.rope.freq_base")?.unwrap_or(10_000.0) as f32,
                 scaling,
             },
-            max_position_embeddings: md_usize(c, p, "llama.context_length")?.unwrap_or(2048),
+            max_position_embeddings: meta.usize("llama.context_length")?.unwrap_or(2048),
             tie_word_embeddings: !c.tensor_infos.contains_key("output.weight"),
             attention_bias: c.tensor_infos.contains_key("blk.0.attn_q.bias"),
             mlp_bias: c.tensor_infos.contains_key("blk.0.ffn_up.bias"),
             num_labels: None,
-            bos_token_id: token_id("tokenizer.ggml.bos_token_id")?,
-            eos_token_ids: token_id("tokenizer.ggml.eos_token_id")?
+            bos_token_id: meta.u32("tokenizer.ggml.bos_token_id")?,
+            eos_token_ids: meta
+                .u32("tokenizer.ggml.eos_token_id")?
                 .into_iter()
                 .collect(),
-            pad_token_id: token_id("tokenizer.ggml.padding_token_id")?,
+            pad_token_id: meta.u32("tokenizer.ggml.padding_token_id")?,
         };
         cfg.validate(p)?;
-        if let Some(rope_dim) = md_usize(c, p, "llama.rope.dimension_count")? {
+        if let Some(rope_dim) = meta.usize("llama.rope.dimension_count")? {
             if rope_dim != head_dim {
                 return Err(Error::config(
                     p,
@@ -271,8 +419,8 @@ impl GgufSource {
 
     /// The number of heads whose rows llama.cpp permuted in this tensor, if any.
     fn permuted_heads(&self, name: &str) -> crate::Result<Option<usize>> {
-        let (c, p) = (&self.content, self.path.as_path());
-        let heads = |key: &str| md_usize(c, p, key);
+        let meta = GgufMeta::new(&self.content, &self.path);
+        let heads = |key: &str| meta.usize(key);
         if name.ends_with("self_attn.q_proj.weight") || name.ends_with("self_attn.q_proj.bias") {
             return heads("llama.attention.head_count");
         }
@@ -389,6 +537,78 @@ mod tests {
             Some("output.weight")
         );
         assert_eq!(gguf_name("score.weight"), None);
+    }
+
+    fn content(metadata: Vec<(&str, Value)>) -> Content {
+        Content {
+            magic: candle_core::quantized::gguf_file::VersionedMagic::GgufV3,
+            metadata: metadata
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            tensor_infos: Default::default(),
+            tensor_data_offset: 0,
+        }
+    }
+
+    /// A value of the wrong type is an error naming the key and both types, the same
+    /// for every accessor (the config's and the tokenizer's); a missing key is `None`.
+    #[test]
+    fn wrong_typed_metadata_is_an_error() {
+        let c = content(vec![
+            ("general.architecture", Value::U32(7)),
+            ("llama.block_count", Value::String("12".into())),
+            ("llama.rope.freq_base", Value::I32(10_000)),
+            ("tokenizer.ggml.bos_token_id", Value::I64(-1)),
+            (
+                "tokenizer.ggml.tokens",
+                Value::Array(vec![Value::String("a".into()), Value::U8(1)]),
+            ),
+            ("tokenizer.ggml.add_bos_token", Value::String("yes".into())),
+        ]);
+        let path = Path::new("model.gguf");
+        let meta = GgufMeta::new(&c, path);
+        let message = |r: crate::Result<()>| match r {
+            Err(Error::Config {
+                path: p,
+                field,
+                message,
+            }) => {
+                assert_eq!(p, path);
+                format!("{field}: {message}")
+            }
+            other => panic!("expected a config error, got {other:?}"),
+        };
+        let cases = [
+            (
+                meta.string("general.architecture").map(drop),
+                "general.architecture: expected a string, found u32",
+            ),
+            (
+                meta.usize("llama.block_count").map(drop),
+                "llama.block_count: expected an unsigned integer, found string",
+            ),
+            (
+                meta.f64("llama.rope.freq_base").map(drop),
+                "llama.rope.freq_base: expected a floating-point number, found i32",
+            ),
+            (
+                meta.u32("tokenizer.ggml.bos_token_id").map(drop),
+                "tokenizer.ggml.bos_token_id: -1 is out of range for a token id (an unsigned 32-bit integer)",
+            ),
+            (
+                meta.strings("tokenizer.ggml.tokens").map(drop),
+                "tokenizer.ggml.tokens: expected an array of strings, found an item of type u8",
+            ),
+            (
+                meta.bool("tokenizer.ggml.add_bos_token").map(drop),
+                "tokenizer.ggml.add_bos_token: expected a boolean, found string",
+            ),
+        ];
+        for (result, expected) in cases {
+            assert_eq!(message(result), expected);
+        }
+        assert!(matches!(meta.string("general.name"), Ok(None)));
     }
 
     /// Permuting rows the llama.cpp way and back is the identity.

@@ -21,6 +21,7 @@ use crate::config::ModelConfig;
 use crate::device::Device;
 use crate::Error;
 
+pub(crate) use self::gguf::{read_content, GgufMeta};
 pub(crate) use self::hub::resolve_hub_model;
 pub use self::hub::HubOptions;
 
@@ -178,6 +179,17 @@ pub struct LoadOptions {
     adapters: Vec<AdapterSpec>,
 }
 
+/// How a LoRA adapter is applied (see `crate::lora`, which applies it; the mode is
+/// chosen here, with the adapter, in [`LoadOptions`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AdapterMode {
+    /// Folded into the base weights at load (before quantization). One per model.
+    #[default]
+    Merged,
+    /// Kept apart and applied per call, so several adapters can share one base.
+    Unmerged,
+}
+
 /// A LoRA adapter to load with a model.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AdapterSpec {
@@ -186,7 +198,7 @@ pub struct AdapterSpec {
     /// The name calls select it by (unmerged mode). Default: the folder name.
     pub name: Option<String>,
     /// Merged into the weights, or applied per call.
-    pub mode: crate::lora::AdapterMode,
+    pub mode: AdapterMode,
 }
 
 impl LoadOptions {
@@ -223,11 +235,7 @@ impl LoadOptions {
     /// [`AdapterMode::Merged`](crate::AdapterMode::Merged); any number unmerged, each
     /// selected per call by its name (the folder name).
     #[must_use]
-    pub fn with_adapter(
-        mut self,
-        source: impl Into<String>,
-        mode: crate::lora::AdapterMode,
-    ) -> Self {
+    pub fn with_adapter(mut self, source: impl Into<String>, mode: AdapterMode) -> Self {
         self.adapters.push(AdapterSpec {
             source: source.into(),
             name: None,
@@ -242,7 +250,7 @@ impl LoadOptions {
         mut self,
         name: impl Into<String>,
         source: impl Into<String>,
-        mode: crate::lora::AdapterMode,
+        mode: AdapterMode,
     ) -> Self {
         self.adapters.push(AdapterSpec {
             source: source.into(),
@@ -499,17 +507,6 @@ pub(crate) fn open(files: &ModelFiles, options: &LoadOptions) -> crate::Result<O
                 weights: Box::new(source),
                 rope_freq_divisors: freqs,
             })
-        }
-    }
-}
-
-/// Reads the tokenizer of located model files.
-pub(crate) fn open_tokenizer(files: &ModelFiles) -> crate::Result<crate::Tokenizer> {
-    match files {
-        ModelFiles::HfDir { dir, .. } => crate::Tokenizer::from_hf_dir(dir),
-        ModelFiles::Gguf(path) => {
-            let content = gguf::read_content(path)?;
-            crate::Tokenizer::from_gguf(&content, path)
         }
     }
 }

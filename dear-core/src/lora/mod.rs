@@ -22,16 +22,6 @@ use crate::loader::{quantize_matrix, Matrix, WeightSource};
 
 pub(crate) use self::adapter::LoraAdapter;
 
-/// How an adapter is applied.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum AdapterMode {
-    /// Folded into the base weights at load (before quantization). One per model.
-    #[default]
-    Merged,
-    /// Kept apart and applied per call, so several adapters can share one base.
-    Unmerged,
-}
-
 /// Serves a base model's weights with one adapter merged in.
 pub(crate) struct MergedSource {
     pub(crate) inner: Box<dyn WeightSource>,

@@ -71,10 +71,11 @@ pub(crate) fn silu_mul(gate: &Tensor, up: &Tensor) -> crate::Result<Tensor> {
     Ok((candle_nn::ops::silu(gate)? * up)?)
 }
 
-/// `x · wᵀ` with block-quantized `w`, by [`kernels::qgemm`].
+/// `x · wᵀ` with block-quantized `w`: by [`kernels::qgemm`] at a precision, or by
+/// `kernels::dequant` (activations as they are) for `None`.
 struct QMatMulOp<'a> {
     w: &'a QTensor,
-    precision: Precision,
+    precision: Option<Precision>,
 }
 
 impl CustomOp1 for QMatMulOp<'_> {
@@ -93,8 +94,15 @@ impl CustomOp1 for QMatMulOp<'_> {
         let x = f32_slice(s, l)?;
         let data = self.w.data()?;
         let mut out = vec![0f32; m * n];
-        kernels::qgemm::matmul(self.w.dtype(), &data, n, k, x, m, &mut out, self.precision)
-            .map_err(to_candle)?;
+        let dtype = self.w.dtype();
+        match self.precision {
+            Some(precision) => {
+                kernels::qgemm::matmul(dtype, &data, n, k, x, m, &mut out, precision)
+            }
+            None => kernels::qgemm::problem(dtype, &data, n, k, x, m, &out)
+                .and_then(|p| kernels::dequant::matmul(&p, x, m, &mut out)),
+        }
+        .map_err(to_candle)?;
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
@@ -102,7 +110,18 @@ impl CustomOp1 for QMatMulOp<'_> {
 /// `x: [m, k]` (f32, CPU) times `wᵀ` for quantized `w: [n, k]` → `[m, n]`.
 pub(crate) fn qmatmul(x: &Tensor, w: &Arc<QTensor>, precision: Precision) -> crate::Result<Tensor> {
     let x = x.contiguous()?;
-    Ok(x.apply_op1_no_bwd(&QMatMulOp { w, precision })?)
+    Ok(x.apply_op1_no_bwd(&QMatMulOp {
+        w,
+        precision: Some(precision),
+    })?)
+}
+
+/// `x: [m, k]` (f32, CPU) times `wᵀ` for quantized `w: [n, k]` → `[m, n]`, with `w`'s
+/// blocks expanded to f32 (no rounding of `x`); the caller checks
+/// `kernels::dequant::supported` first.
+pub(crate) fn dequant_matmul(x: &Tensor, w: &QTensor) -> crate::Result<Tensor> {
+    let x = x.contiguous()?;
+    Ok(x.apply_op1_no_bwd(&QMatMulOp { w, precision: None })?)
 }
 
 /// Causal attention over packed sequences, by [`kernels::attention`].

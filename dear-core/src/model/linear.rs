@@ -1,17 +1,27 @@
-//! One linear layer type over dense weights (f32/f16/bf16) and candle's quantized
-//! `QMatMul` (GGUF block formats), so the network code never cares which it holds.
-//! Mirrors `torch.nn.Linear`: `y = x Wᵀ + b` with `W: [out, in]`.
+//! One linear layer type over dense weights (f32/f16/bf16) and block-quantized ones
+//! (GGUF formats), so the network code never cares which it holds, plus unmerged LoRA
+//! deltas. Mirrors `torch.nn.Linear`: `y = x Wᵀ + b` with `W: [out, in]`.
+//!
+//! A quantized product is computed, in order of preference:
+//! - on the CPU with [`QuantizedMatmul::Int16`]/[`QuantizedMatmul::Int8`], by dear's
+//!   integer kernels (`crate::kernels::qgemm`, q4_0/q4_1/q8_0/q4_K);
+//! - for more than [`DEQUANTIZE_ABOVE_ROWS`] rows (prefill), by an f32 matmul with the
+//!   dequantized weights;
+//! - for fewer rows on the CPU, by `crate::kernels::dequant` (blocks expanded to f32,
+//!   q4_0/q4_1/q8_0);
+//! - otherwise by candle's `QMatMul` (activations quantized to 8 bits per block).
 
 use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Module, Tensor};
 
-use crate::kernels::qgemm;
+use crate::kernels::{dequant, qgemm};
 use crate::loader::QuantizedMatmul;
 
-/// Inputs with more rows than this are multiplied with dequantized f32 weights;
-/// smaller ones (decoding) use candle's quantized matrix-vector kernels.
+/// Without dear's integer kernels, inputs with more rows than this are multiplied with
+/// dequantized f32 weights; smaller ones (decoding) expand the blocks on the fly (or
+/// use candle's quantized kernels where that cannot).
 const DEQUANTIZE_ABOVE_ROWS: usize = 8;
 
 /// The weight of a linear layer.
@@ -140,9 +150,9 @@ impl Linear {
                     // activation rounding), as transformers computes GGUF models.
                     let w = blocks.dequantize(x.device())?;
                     x.matmul(&w.t()?)?
-                } else if x.device().is_cpu() && super::qdot::supported(blocks.dtype()) {
+                } else if x.device().is_cpu() && dequant::supported(blocks.dtype()) {
                     // Decoding: f32 activations against the blocks, same result.
-                    super::qdot::matmul(blocks, &x)?
+                    super::cpu_ops::dequant_matmul(&x, blocks)?
                 } else {
                     matmul.forward(&x)?
                 };

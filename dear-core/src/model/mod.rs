@@ -11,7 +11,6 @@ mod cpu_ops;
 mod kv_cache;
 mod linear;
 mod mlp;
-mod qdot;
 mod rope;
 
 use std::sync::Arc;

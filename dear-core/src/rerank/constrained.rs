@@ -2,6 +2,15 @@
 //! of one window, used to constrain decoding: at every step only tokens whose text
 //! keeps the output a prefix of a full permutation of not-yet-used ids are allowed, so
 //! the answer is always complete and valid and no token is wasted.
+//!
+//! [`ConstrainedHook`] runs that decoding inside [`crate::generate_with_hook`]: an
+//! optional bounded free reasoning section (`<think>…</think>`), then the ranking, one
+//! grammar-checked token at a time.
+
+use std::time::Instant;
+
+use crate::generate::{LogitsHook, NextToken};
+use crate::{Error, Tokenizer};
 
 /// Checks prefixes of `[id] > [id] > …` for a window of `n` ids starting at `first`.
 #[derive(Clone, Debug)]
@@ -113,6 +122,168 @@ impl RankingGrammar {
                 };
             }
         }
+    }
+}
+
+/// Which part of the output a [`ConstrainedHook`] is writing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// The free reasoning section, up to its token bound.
+    Reasoning,
+    /// The ranking, constrained by the grammar.
+    Answer,
+}
+
+/// Greedy constrained decoding of one window's ranking, as a [`LogitsHook`] over a
+/// single sequence whose prompt has `prompt_len` tokens.
+///
+/// With a reasoning bound, tokens are first chosen freely (greedy) until the text holds
+/// `</think>`, an end token is written, the bound is reached or the context is full.
+/// Then: without `<think>` in that text the model did not reason, and the hook stops
+/// with [`ConstrainedHook::restart`] set (generate again from the prompt with a hook
+/// of no reasoning bound); otherwise the text is kept as the reasoning, `</think>\n` is
+/// forced if it is not closed yet, and the ranking follows. The ranking checks the
+/// deadline before each token and stops when it is complete, when the output holds
+/// `budget` tokens, when the context is full, or when no token can continue it.
+pub(crate) struct ConstrainedHook<'a> {
+    grammar: RankingGrammar,
+    /// Tokens that can write an answer, with their text.
+    vocab: &'a [(u32, String)],
+    tokenizer: &'a Tokenizer,
+    limits: Limits,
+    phase: Phase,
+    /// The ranking written so far.
+    pub(crate) answer: String,
+    /// The reasoning kept (it holds `<think>`), without a forced `</think>`.
+    pub(crate) reasoning: Option<String>,
+    /// The model did not reason: generate again from the prompt, without reasoning.
+    pub(crate) restart: bool,
+}
+
+/// The bounds of a [`ConstrainedHook`]'s output.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// Tokens in the prompt.
+    pub(crate) prompt_len: usize,
+    /// The model's context window.
+    pub(crate) context: usize,
+    /// The most tokens generated, the reasoning included, before the ranking stops.
+    pub(crate) budget: usize,
+    /// Tokens the free reasoning section may take (0: none, the ranking starts at once).
+    pub(crate) max_reasoning_tokens: usize,
+    /// When the ranking stops with [`Error::DeadlineExceeded`].
+    pub(crate) deadline: Option<Instant>,
+}
+
+impl<'a> ConstrainedHook<'a> {
+    pub(crate) fn new(
+        grammar: RankingGrammar,
+        vocab: &'a [(u32, String)],
+        tokenizer: &'a Tokenizer,
+        limits: Limits,
+    ) -> Self {
+        Self {
+            grammar,
+            vocab,
+            tokenizer,
+            limits,
+            phase: if limits.max_reasoning_tokens > 0 {
+                Phase::Reasoning
+            } else {
+                Phase::Answer
+            },
+            answer: String::new(),
+            reasoning: None,
+            restart: false,
+        }
+    }
+
+    /// Whether one more token fits in the context after the prompt and `generated`.
+    fn room_for_one(&self, generated: &[u32]) -> bool {
+        self.limits.prompt_len + generated.len() + 1 < self.limits.context
+    }
+
+    /// A step of the reasoning section: `Some` action, or `None` when the ranking
+    /// starts on these logits.
+    fn reasoning_step(&mut self, generated: &[u32]) -> crate::Result<Option<NextToken>> {
+        let tok = self.tokenizer;
+        let text = tok.decode(generated, false)?;
+        let ended = generated
+            .last()
+            .is_some_and(|last| text.contains("</think>") || tok.end_token_ids().contains(last));
+        if !ended
+            && generated.len() < self.limits.max_reasoning_tokens
+            && self.room_for_one(generated)
+        {
+            return Ok(Some(NextToken::Sample));
+        }
+        self.phase = Phase::Answer;
+        if !text.contains("<think>") {
+            self.restart = true;
+            return Ok(Some(NextToken::Stop));
+        }
+        let closed = text.contains("</think>");
+        self.reasoning = Some(text);
+        if !closed {
+            let close = tok.encode("</think>\n", false)?;
+            if !close.is_empty() {
+                return Ok(Some(NextToken::Force(close)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The best-scoring answer token that keeps the ranking valid (the first of equal
+    /// scores), as an index into the vocabulary.
+    fn best_answer_token(&self, logits: &[f32]) -> Option<usize> {
+        let mut best: Option<(usize, f32)> = None;
+        for (at, (id, text)) in self.vocab.iter().enumerate() {
+            let s = logits
+                .get(*id as usize)
+                .copied()
+                .unwrap_or(f32::NEG_INFINITY);
+            if best.is_some_and(|(_, b)| s <= b) {
+                continue;
+            }
+            let candidate = format!("{}{text}", self.answer);
+            if self.grammar.check(&candidate) != Progress::Invalid {
+                best = Some((at, s));
+            }
+        }
+        best.map(|(at, _)| at)
+    }
+}
+
+impl LogitsHook for ConstrainedHook<'_> {
+    fn next_token(
+        &mut self,
+        _seq: usize,
+        generated: &[u32],
+        logits: &mut [f32],
+    ) -> crate::Result<NextToken> {
+        if self.phase == Phase::Reasoning {
+            if let Some(action) = self.reasoning_step(generated)? {
+                return Ok(action);
+            }
+        }
+        if self.limits.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(Error::DeadlineExceeded {
+                what: "constrained listwise generation".into(),
+                elapsed_ms: 0,
+            });
+        }
+        if self.grammar.check(&self.answer) == Progress::Complete
+            || generated.len() >= self.limits.budget
+            || !self.room_for_one(generated)
+        {
+            return Ok(NextToken::Stop);
+        }
+        let Some(at) = self.best_answer_token(logits) else {
+            return Ok(NextToken::Stop);
+        };
+        let (id, text) = &self.vocab[at];
+        self.answer.push_str(text);
+        Ok(NextToken::Force(vec![*id]))
     }
 }
 

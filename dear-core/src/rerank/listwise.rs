@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::batch::Batch;
 use crate::generate::{generate, GenerateOptions};
 use crate::model::{AdapterId, ForwardOptions, KvCache, Outputs};
-use crate::rerank::constrained::{Progress, RankingGrammar};
+use crate::rerank::constrained::{ConstrainedHook, Limits, RankingGrammar};
 use crate::rerank::permutation::{parse_ranking, IdBase};
 use crate::rerank::prompt::{listwise_prompt_ids, ListwisePrompt};
 use crate::rerank::types::{Passage, Query};
@@ -398,85 +398,46 @@ impl ListwiseRanker {
             IdBase::One => 1,
             IdBase::Zero => 0,
         };
-        let grammar = RankingGrammar::new(n, first);
         let tok = self.lm.tokenizer();
         let ctx = self.lm.llama().config().max_position_embeddings;
-        let mut cache = KvCache::new();
-        let mut logits = self.step(&mut cache, &prompt)?;
-        let mut generated: Vec<u32> = Vec::new();
-        let mut prefix_text = String::new();
-        // An optional bounded reasoning section, generated freely.
-        if self.config.max_reasoning_tokens > 0 {
-            let mut reasoning: Vec<u32> = Vec::new();
-            while reasoning.len() < self.config.max_reasoning_tokens && cache.len() + 1 < ctx {
-                let next = argmax(&logits)?;
-                reasoning.push(next);
-                logits = self.step(&mut cache, &[next])?;
-                let text = tok.decode(&reasoning, false)?;
-                if text.contains("</think>") || tok.end_token_ids().contains(&next) {
-                    break;
-                }
-            }
-            prefix_text = tok.decode(&reasoning, false)?;
-            if !prefix_text.contains("<think>") {
-                // The model did not reason: start the ranking from scratch.
-                cache = KvCache::new();
-                logits = self.step(&mut cache, &prompt)?;
-                prefix_text.clear();
-            } else {
-                report.reasoning = Some(prefix_text.clone());
-                generated.extend(reasoning);
-                if !prefix_text.contains("</think>") {
-                    let close = tok.encode("</think>\n", false)?;
-                    generated.extend(&close);
-                    logits = self.step(&mut cache, &close)?;
-                }
-            }
-        }
-        let mut answer = String::new();
-        loop {
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(Error::DeadlineExceeded {
-                    what: "constrained listwise generation".into(),
-                    elapsed_ms: 0,
-                });
-            }
-            if grammar.check(&answer) == Progress::Complete {
-                break;
-            }
-            if generated.len() >= self.config.max_new_tokens.max(8 * n) || cache.len() + 1 >= ctx {
-                break;
-            }
-            let scores = logits.to_vec1::<f32>()?;
-            let mut best: Option<(u32, f32)> = None;
-            for (id, text) in &vocab.tokens {
-                let s = scores
-                    .get(*id as usize)
-                    .copied()
-                    .unwrap_or(f32::NEG_INFINITY);
-                if best.is_some_and(|(_, b)| s <= b) {
-                    continue;
-                }
-                let candidate = format!("{answer}{text}");
-                if grammar.check(&candidate) != Progress::Invalid {
-                    best = Some((*id, s));
-                }
-            }
-            let Some((next, _)) = best else {
-                break;
+        let budget = self.config.max_new_tokens.max(8 * n);
+        // Constrained throughout: no stop tokens, no length limit but the hook's.
+        let opts = GenerateOptions::default()
+            .with_max_new_tokens(usize::MAX)
+            .with_stop_tokens(Vec::new())
+            .with_adapter(self.adapter);
+        let run = |max_reasoning_tokens: usize| {
+            let limits = Limits {
+                prompt_len: prompt.len(),
+                context: ctx,
+                budget,
+                max_reasoning_tokens,
+                deadline,
             };
-            answer.push_str(
-                &vocab
-                    .tokens
-                    .iter()
-                    .find(|(i, _)| *i == next)
-                    .map(|(_, t)| t.clone())
-                    .unwrap_or_default(),
-            );
-            generated.push(next);
-            logits = self.step(&mut cache, &[next])?;
+            let grammar = RankingGrammar::new(n, first);
+            let mut hook = ConstrainedHook::new(grammar, &vocab.tokens, tok, limits);
+            let out = crate::generate::generate_with_hook(
+                self.lm.llama(),
+                std::slice::from_ref(&prompt),
+                &opts,
+                &[],
+                &mut hook,
+                &mut |_, _| true,
+            )?
+            .pop()
+            .ok_or_else(|| Error::InvalidArgument("generation returned nothing".into()))?;
+            Ok::<_, Error>((hook.answer, hook.reasoning, hook.restart, out.tokens.len()))
+        };
+        // An optional bounded reasoning section, generated freely; when the model does
+        // not reason, the ranking starts from scratch.
+        let (mut answer, mut reasoning, restart, mut generated) =
+            run(self.config.max_reasoning_tokens)?;
+        if restart {
+            (answer, reasoning, _, generated) = run(0)?;
         }
-        report.generated_tokens = generated.len();
+        let prefix_text = reasoning.clone().unwrap_or_default();
+        report.reasoning = reasoning;
+        report.generated_tokens = generated;
         report.raw = format!("{prefix_text}{answer}");
         let parsed = parse_ranking(&answer, n, base);
         report.parsed_ids = parsed.parsed;
@@ -561,10 +522,6 @@ impl ListwiseRanker {
         order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
         Ok(order)
     }
-}
-
-fn argmax(logits: &Tensor) -> crate::Result<u32> {
-    Ok(logits.argmax(0)?.to_scalar::<u32>()?)
 }
 
 fn log_softmax(logits: &Tensor) -> crate::Result<Vec<f32>> {

@@ -175,18 +175,31 @@ fn digit_runs(text: &str) -> impl Iterator<Item = Option<usize>> + '_ {
     })
 }
 
-/// Whether `order` is a permutation of `0..n`: length `n`, each of `0..n` once.
+/// Whether `order` is a permutation of `0..n`: it has length `n` and holds each of
+/// `0..n` exactly once.
 pub(crate) fn is_permutation(order: &[usize], n: usize) -> bool {
+    if order.len() != n {
+        return false;
+    }
     let mut seen = vec![false; n];
-    order.len() == n
-        && order
-            .iter()
-            .all(|&i| i < n && !std::mem::replace(&mut seen[i], true))
+    order
+        .iter()
+        .all(|&i| i < n && !std::mem::replace(&mut seen[i], true))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn permutations_of_0_to_n() {
+        assert!(is_permutation(&[], 0));
+        assert!(is_permutation(&[2, 0, 1], 3));
+        assert!(!is_permutation(&[0, 1], 3));
+        assert!(!is_permutation(&[0, 1, 1], 3));
+        assert!(!is_permutation(&[0, 1, 3], 3));
+        assert!(!is_permutation(&[0, 1, 2, 0], 3));
+    }
 
     fn order(text: &str, n: usize) -> Vec<usize> {
         parse_ranking(text, n, IdBase::One).order

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::lora::AdapterMode;
+use crate::loader::AdapterMode;
 use crate::rerank::pointwise::{PointwiseConfig, PointwiseScorer};
 use crate::{Error, LanguageModel, LoadOptions};
 
