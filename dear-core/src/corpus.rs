@@ -43,9 +43,7 @@ fn parse_passage(text: &str, id_required: bool) -> Result<Passage, String> {
     let id = match &line.id {
         None | Some(serde_json::Value::Null) if !id_required => None,
         None | Some(serde_json::Value::Null) => return Err("`_id` is missing".into()),
-        Some(v) => Some(
-            id_string(v).ok_or("`_id` must be a non-empty string or a number")?,
-        ),
+        Some(v) => Some(id_string(v).ok_or("`_id` must be a non-empty string or a number")?),
     };
     Ok(Passage {
         id,

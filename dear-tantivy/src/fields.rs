@@ -2,8 +2,8 @@
 
 use dear_core::Passage;
 use tantivy::schema::{
-    Field, FieldType, IndexRecordOption, OwnedValue, Schema, TextFieldIndexing, TextOptions,
-    Value, STORED, STRING,
+    Field, FieldType, IndexRecordOption, OwnedValue, Schema, TextFieldIndexing, TextOptions, Value,
+    STORED, STRING,
 };
 use tantivy::tokenizer::{
     Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
@@ -152,7 +152,10 @@ impl PassageFields {
     /// The fields a bag-of-words BM25 query searches: the title (if any) and the text
     /// fields.
     pub fn searched(&self) -> Vec<Field> {
-        self.title.into_iter().chain(self.text.iter().copied()).collect()
+        self.title
+            .into_iter()
+            .chain(self.text.iter().copied())
+            .collect()
     }
 
     /// The passage stored in `doc` at `address`: the id field's first value as text

@@ -84,7 +84,8 @@ impl PassageIndex {
 
     fn from_index(index: Index) -> crate::Result<Self> {
         register_analyzer(&index);
-        let fields = PassageFields::from_schema(&index.schema(), Some("id"), Some("title"), &["text"])?;
+        let fields =
+            PassageFields::from_schema(&index.schema(), Some("id"), Some("title"), &["text"])?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)

@@ -143,7 +143,10 @@ impl SearchReranked for Searcher {
             } else {
                 let doc: TantivyDocument = self.doc(hit.handle)?;
                 // The first text field whose snippet holds a query term, else the first.
-                let snippets: Vec<_> = generators.iter().map(|g| g.snippet_from_doc(&doc)).collect();
+                let snippets: Vec<_> = generators
+                    .iter()
+                    .map(|g| g.snippet_from_doc(&doc))
+                    .collect();
                 snippets
                     .iter()
                     .find(|s| !s.highlighted().is_empty())

@@ -239,8 +239,7 @@ pub fn evaluate_dataset(
     for (qid, text) in dataset.queries() {
         let start = Instant::now();
         let candidates = first.candidates(qid, text, options.candidates())?;
-        let results =
-            reranker.rerank(text, candidates, &options.clone().with_started_at(start))?;
+        let results = reranker.rerank(text, candidates, &options.clone().with_started_at(start))?;
         for report in &results.report.stages {
             *time.entry(report.stage).or_default() += report.elapsed;
             if let Some(f) = report.failure() {
@@ -340,7 +339,11 @@ mod tests {
             "queries.jsonl",
             "{\"_id\": \"q1\", \"text\": \"rain\"}\n{\"_id\": \"q2\", \"text\": \"snow\"}\n{\"_id\": \"q3\", \"text\": \"unjudged\"}\n",
         )?;
-        write(&dir, "qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\tb\t1\nq2\ta\t1\n")?;
+        write(
+            &dir,
+            "qrels/test.tsv",
+            "query-id\tcorpus-id\tscore\nq1\tb\t1\nq2\ta\t1\n",
+        )?;
         let dataset = Dataset::open(&dir, "test")?;
         assert_eq!(dataset.queries().len(), 2);
         assert_eq!(dataset.name(), "tiny");

@@ -6,10 +6,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::lora::AdapterMode;
 use crate::{
-    Error, Head, LanguageModel, ListwiseConfig, ListwiseMode, ListwiseRanker, LoadOptions,
-    PointwiseConfig, Recipe, Reranker, Scheduler, Stages,
+    AdapterMode, Error, Head, LanguageModel, ListwiseConfig, ListwiseMode, ListwiseRanker,
+    LoadOptions, PointwiseConfig, Recipe, Reranker, Scheduler, Stages,
 };
 
 /// How pointwise scores are read.

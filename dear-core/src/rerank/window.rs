@@ -194,6 +194,17 @@ impl WindowRecord {
     }
 }
 
+/// A [`slide`] stopped by an error: the error, and the work done before it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stopped<E> {
+    /// What `rank_window` returned.
+    pub error: E,
+    /// The order after the windows that finished.
+    pub order: Vec<usize>,
+    /// Their records.
+    pub records: Vec<WindowRecord>,
+}
+
 /// Runs the windows of `cfg` ([`WindowConfig::windows`]) bottom-up over `order`
 /// (indices of incoming candidates, best first).
 ///
@@ -213,17 +224,27 @@ impl WindowRecord {
 /// record per call of `rank_window`).
 ///
 /// # Errors
-/// The first error `rank_window` returns; no later window runs.
+/// The first error `rank_window` returns, in a [`Stopped`] that keeps the order and
+/// records of the windows finished before it; no later window runs.
 pub fn slide<E>(
     mut order: Vec<usize>,
     cfg: &WindowConfig,
     mut rank_window: impl FnMut(&[usize]) -> Result<Vec<usize>, E>,
-) -> Result<(Vec<usize>, Vec<WindowRecord>), E> {
+) -> Result<(Vec<usize>, Vec<WindowRecord>), Stopped<E>> {
     let windows = cfg.windows(order.len());
     let mut records = Vec::with_capacity(windows.len());
     for (start, end) in windows {
         let before = order[start..end].to_vec();
-        let answer = rank_window(&before)?;
+        let answer = match rank_window(&before) {
+            Ok(answer) => answer,
+            Err(error) => {
+                return Err(Stopped {
+                    error,
+                    order,
+                    records,
+                })
+            }
+        };
         let permutation = if is_permutation(&answer, before.len()) {
             answer
         } else {
@@ -458,19 +479,29 @@ mod tests {
     }
 
     #[test]
-    fn a_failing_ranker_stops_the_pass() {
+    fn a_failing_ranker_stops_the_pass_and_keeps_the_finished_windows() {
         let c = cfg(0, 100, 20, 10);
         let mut calls = 0;
+        // Windows 80..100 and 70..90 reverse their slice; the third fails.
         let result = slide((0..100).collect(), &c, |w: &[usize]| {
             calls += 1;
             if calls == 3 {
                 Err(format!("window at {} failed", w[0]))
             } else {
-                Ok((0..w.len()).collect())
+                Ok((0..w.len()).rev().collect())
             }
         });
-        assert_eq!(result, Err("window at 60 failed".to_string()));
         assert_eq!(calls, 3);
+        let Err(stopped) = result else {
+            panic!("the third window's error must stop the pass");
+        };
+        assert_eq!(stopped.error, "window at 60 failed");
+        let mut expected: Vec<usize> = (0..100).collect();
+        expected[80..100].reverse();
+        expected[70..90].reverse();
+        assert_eq!(stopped.order, expected);
+        let spans: Vec<(usize, usize)> = stopped.records.iter().map(|r| (r.start, r.end)).collect();
+        assert_eq!(spans, [(80, 100), (70, 90)]);
     }
 
     #[test]

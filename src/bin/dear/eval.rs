@@ -90,7 +90,11 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         bar.inc(1);
     })?;
     bar.finish_and_clear();
-    if let Some(missing) = run_stage.as_ref().map(|r| r.missing_docs()).filter(|&m| m > 0) {
+    if let Some(missing) = run_stage
+        .as_ref()
+        .map(|r| r.missing_docs())
+        .filter(|&m| m > 0)
+    {
         eprintln!("warning: {missing} documents of the run are not in corpus.jsonl (skipped)");
     }
 

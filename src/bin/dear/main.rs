@@ -10,9 +10,9 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dear::dear_core::{
     default_model_path, AdapterMode, Device, GenerateOptions, Head, HubOptions, LanguageModel,
-    ListwiseConfig, ListwiseMode, ListwiseOptions, ListwiseOutcome, ListwisePrompt, ListwiseRanker, LoadOptions,
-    Passage, PointwiseConfig, PointwiseScorer, Quantization, QuantizedMatmul, Query, Recipe,
-    Sampling, WeightDType, WindowConfig, WindowReport,
+    ListwiseConfig, ListwiseMode, ListwiseOptions, ListwiseOutcome, ListwisePrompt, ListwiseRanker,
+    LoadOptions, Passage, PointwiseConfig, PointwiseScorer, Quantization, QuantizedMatmul, Query,
+    Recipe, Sampling, WeightDType, WindowConfig, WindowReport,
 };
 
 mod bench;

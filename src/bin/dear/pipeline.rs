@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use dear::dear_core::{Chunking, DearSetup, HeadChoice as Head, Reranker, RerankOptions, Stages};
+use dear::dear_core::{Chunking, DearSetup, HeadChoice as Head, RerankOptions, Reranker, Stages};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{HeadChoice, ModeChoice, ModelArgs};
@@ -144,4 +144,3 @@ pub(crate) fn progress(len: u64, what: &str) -> ProgressBar {
     bar.set_style(style);
     bar
 }
-

@@ -220,7 +220,10 @@ pub(crate) fn print_report(out: &mut impl Write, results: &SearchResults) -> any
     print_stage_report(out, &results.report)
 }
 
-pub(crate) fn print_stage_report(out: &mut impl Write, report: &RerankReport) -> anyhow::Result<()> {
+pub(crate) fn print_stage_report(
+    out: &mut impl Write,
+    report: &RerankReport,
+) -> anyhow::Result<()> {
     for s in &report.stages {
         let status = match &s.status {
             StageStatus::Completed => "ok".to_string(),
@@ -248,11 +251,6 @@ pub(crate) fn print_stage_report(out: &mut impl Write, report: &RerankReport) ->
             writeln!(out, "          note: {note}")?;
         }
     }
-    writeln!(
-        out,
-        "total     {:>7.2} s",
-        report.total.as_secs_f64()
-    )?;
+    writeln!(out, "total     {:>7.2} s", report.total.as_secs_f64())?;
     Ok(())
 }
-
