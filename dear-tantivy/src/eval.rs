@@ -23,6 +23,7 @@ use crate::PassageIndex;
 /// writer.commit()?;
 /// let options = RerankOptions::default().with_stages(Stages::FIRST);
 /// let report = evaluate_dataset(&dataset, &IndexFirstStage(&index), &Reranker::new(), &options, &mut |_| {})?;
+/// println!("{:?}", report.stages);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Copy, Debug)]

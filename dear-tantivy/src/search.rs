@@ -55,7 +55,6 @@ pub struct SearchResults {
 ///
 /// # Example
 /// ```no_run
-/// use std::sync::Arc;
 /// use dear_tantivy::dear_core::DearSetup;
 /// use dear_tantivy::{PassageIndex, SearchOptions, SearchReranked};
 /// let index = PassageIndex::create_in_ram()?;
