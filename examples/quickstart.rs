@@ -10,10 +10,7 @@
 //! cargo run --release --example quickstart -- "How do threads share data safely?"
 //! ```
 
-use std::sync::Arc;
-
-use dear::dear_core::{default_model_path, LanguageModel, LoadOptions, Passage};
-use dear::dear_tantivy::{DearReranker, PassageIndex, RerankOptions, SearchReranked};
+use dear::{DearSetup, Passage, PassageIndex, RerankOptions, SearchOptions, SearchReranked};
 
 const DOCS: &[(&str, &str, &str)] = &[
     ("mutex", "Shared state", "A Mutex lets only one thread access data at a time; wrap it in an Arc to share it between threads."),
@@ -44,14 +41,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     writer.commit()?;
 
     // 2. A reranker: both stages on the default model, shared by any number of searches.
-    let lm = LanguageModel::load(default_model_path(), &LoadOptions::default())?;
-    let reranker = DearReranker::for_model(Arc::new(lm))?;
+    let reranker = DearSetup::default_model().build()?;
 
-    // 3. Search: BM25 top 12, pointwise over all of them, listwise over the top 5.
-    let options = RerankOptions::default()
-        .with_candidates(12)
-        .with_listwise_depth(5)
-        .with_window(5, 5);
+    // 3. Search: BM25 top 12, pointwise over all of them, listwise over the top 5;
+    //    the first page of 12.
+    let options = SearchOptions::new(12).with_rerank(
+        RerankOptions::default()
+            .with_candidates(12)
+            .with_listwise_depth(5)
+            .with_window(5, 5),
+    );
     let results =
         index
             .searcher()
@@ -63,7 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "{:>2}. {:<18} BM25 #{:<2} pointwise {:>7}  placed by {}",
             hit.final_rank,
             hit.id(),
-            hit.bm25_rank,
+            hit.first_rank,
             hit.pointwise_score
                 .map_or("-".into(), |s| format!("{s:.2}")),
             hit.placed_by

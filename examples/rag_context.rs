@@ -12,13 +12,10 @@
 //! ```
 
 use std::path::Path;
-use std::sync::Arc;
 
-use dear::dear_core::{
-    default_model_path, GenerateOptions, LanguageModel, LoadOptions, PointwiseConfig, Reranker,
-};
-use dear::dear_tantivy::{
-    corpus, DearReranker, PassageIndex, RerankOptions, SearchReranked, Stages,
+use dear::dear_core::GenerateOptions;
+use dear::{
+    corpus, DearSetup, PassageIndex, RerankOptions, SearchOptions, SearchReranked, Stages,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -42,21 +39,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     writer.commit()?;
 
-    let lm = Arc::new(LanguageModel::load(
-        default_model_path(),
-        &LoadOptions::default(),
-    )?);
-    let reranker = DearReranker::new().with_pointwise(Reranker::new(
-        lm.clone(),
-        None,
-        PointwiseConfig::yes_no(),
-    )?);
-    let options = RerankOptions::default()
-        .with_candidates(20)
-        .with_stages(Stages {
-            pointwise: true,
-            listwise: false,
-        });
+    // One model for both jobs: the pointwise stage and the answer.
+    let setup = DearSetup::default_model().with_stages(Stages {
+        pointwise: true,
+        listwise: false,
+    });
+    let lm = setup.load_model()?;
+    let reranker = setup.build_on(lm.clone())?;
+    let options = SearchOptions::new(20).with_rerank(RerankOptions::default().with_candidates(20));
     let results =
         index
             .searcher()

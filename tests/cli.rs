@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use dear::dear_core::{
-    AdapterMode, LanguageModel, ListwiseConfig, ListwiseMode, ListwisePrompt, ListwiseReranker,
+    AdapterMode, LanguageModel, ListwiseConfig, ListwiseMode, ListwisePrompt, ListwiseRanker,
     LoadOptions, Passage, PointwiseConfig, PointwiseScorer, Query, Recipe, WindowConfig,
 };
 
@@ -254,7 +254,7 @@ fn score_json_matches_the_library() -> TestResult {
     assert_eq!(indices, vec![0, 1, 2, 3]);
     let ids: Vec<Option<&str>> = rows.iter().map(|r| r.1.as_deref()).collect();
     assert_eq!(ids, vec![Some("rain"), Some("beir-1"), None, Some("42")]);
-    let lm = LanguageModel::load(model, &LoadOptions::default())?;
+    let lm = LanguageModel::load(&model, &LoadOptions::default())?;
     let lib = library_scores(lm, PointwiseConfig::classifier())?;
     let cli: Vec<f32> = rows.iter().map(|r| r.2).collect();
     assert_close(&cli, &lib);
@@ -317,7 +317,7 @@ fn score_with_a_classifier_adapter() -> TestResult {
         &docs,
     )?;
     let lm = LanguageModel::load(
-        model,
+        &model,
         &LoadOptions::default().with_adapter(adapter.to_string_lossy(), AdapterMode::Merged),
     )?;
     let lib = library_scores(lm, PointwiseConfig::classifier())?;
@@ -544,7 +544,7 @@ fn generate_with_a_merged_adapter() -> TestResult {
         .filter_map(|v| v.as_u64().map(|v| v as u32))
         .collect();
     let lm = LanguageModel::load(
-        model,
+        &model,
         &LoadOptions::default().with_adapter(adapter.to_string_lossy(), AdapterMode::Merged),
     )?;
     let prompt = lm.plain_prompt("hello there")?;
@@ -751,8 +751,11 @@ fn listwise_first_token_matches_the_library() -> TestResult {
             window,
             ..ListwiseConfig::default()
         };
-        let lib = ListwiseReranker::new(lm.clone(), None, config)?
-            .rerank(&Query::new(QUERY), passages)?;
+        let lib = ListwiseRanker::new(lm.clone(), None, config)?.rank(
+            &Query::new(QUERY),
+            passages,
+            &dear::dear_core::ListwiseOptions::default(),
+        )?;
         assert_eq!(lib.failure, None);
         assert_eq!(cli, lib.order, "{args:?}");
         if cli != (0..n).collect::<Vec<_>>() {
@@ -884,9 +887,10 @@ fn listwise_failure_keeps_the_incoming_order() -> TestResult {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(permutation_of(&json)?, vec![0, 1, 2, 3], "{json}");
     assert!(
-        json["failure"]
+        json["failure"]["message"]
             .as_str()
-            .is_some_and(|f| f.contains("context window")),
+            .is_some_and(|f| f.contains("context window"))
+            && json["failure"]["kind"] == "model",
         "{json}"
     );
     Ok(())
@@ -1040,8 +1044,8 @@ fn index_replaces_ids_and_search_returns_bm25_hits() -> TestResult {
     let results = dear::dear_tantivy::SearchReranked::search_reranked(
         &lib.searcher(),
         &lib.query("clouds rain")?,
-        &dear::dear_tantivy::DearReranker::new(),
-        &dear::dear_tantivy::RerankOptions::default(),
+        &dear::Reranker::new(),
+        &dear::SearchOptions::new(10),
     )?;
     let want: Vec<&str> = results.hits.iter().map(|h| h.id()).collect();
     assert_eq!(ids, want);
@@ -1050,7 +1054,7 @@ fn index_replaces_ids_and_search_returns_bm25_hits() -> TestResult {
         "{ids:?}"
     );
     let stages = json["report"]["stages"].as_array().ok_or("no stages")?;
-    assert_eq!(stages[0]["stage"], "bm25");
+    assert_eq!(stages[0]["stage"], "first");
     assert_eq!(stages[1]["status"], "skipped");
 
     // The table shows BM25's order and the final one.
@@ -1148,7 +1152,7 @@ fn tiny_dataset(root: &Path) -> std::io::Result<()> {
 
 #[test]
 fn eval_reports_trec_eval_metrics_and_writes_runs() -> TestResult {
-    use dear::dear_tantivy::eval::{evaluate, Qrels, Run};
+    use dear::eval::{evaluate, Qrels, Run};
     let dir = tempfile::tempdir()?;
     let ds = dir.path().join("tiny");
     tiny_dataset(&ds)?;
@@ -1162,11 +1166,11 @@ fn eval_reports_trec_eval_metrics_and_writes_runs() -> TestResult {
     )?;
     let json: serde_json::Value = serde_json::from_str(&out)?;
     assert_eq!(json["queries"], 3);
-    let run_file = runs.join("tiny.bm25.trec");
+    let run_file = runs.join("tiny.first.trec");
     let run = Run::from_path(&run_file)?;
     let qrels = Qrels::from_path(ds.join("qrels/test.tsv"))?;
     let mean = evaluate(&qrels, &run).mean;
-    let bm25 = &json["stages"]["bm25"];
+    let bm25 = &json["stages"]["first"];
     assert_eq!(bm25["ndcg@10"].as_f64(), Some(mean.ndcg_at_10));
     assert_eq!(bm25["mrr@10"].as_f64(), Some(mean.mrr_at_10));
     assert_eq!(bm25["recall@100"].as_f64(), Some(mean.recall_at_100));
@@ -1187,8 +1191,8 @@ fn eval_reports_trec_eval_metrics_and_writes_runs() -> TestResult {
     let again: serde_json::Value = serde_json::from_str(&again)?;
     for metric in ["ndcg@10", "mrr@10", "recall@100"] {
         assert_eq!(
-            again["stages"]["bm25"][metric],
-            json["stages"]["bm25"][metric]
+            again["stages"]["first"][metric],
+            json["stages"]["first"][metric]
         );
     }
 
@@ -1270,7 +1274,7 @@ fn eval_bm25_on_scifact_is_near_anserini() -> TestResult {
     )?;
     let json: serde_json::Value = serde_json::from_str(&out)?;
     assert_eq!(json["queries"], 300);
-    let ndcg = json["stages"]["bm25"]["ndcg@10"]
+    let ndcg = json["stages"]["first"]["ndcg@10"]
         .as_f64()
         .ok_or("no nDCG")?;
     assert!((ndcg - 0.679).abs() <= 0.02, "nDCG@10 {ndcg}");
