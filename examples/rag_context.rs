@@ -14,9 +14,7 @@
 use std::path::Path;
 
 use dear::dear_core::GenerateOptions;
-use dear::{
-    corpus, DearSetup, PassageIndex, RerankOptions, SearchOptions, SearchReranked, Stages,
-};
+use dear::{corpus, DearSetup, PassageIndex, RerankOptions, SearchOptions, SearchReranked, Stages};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);

@@ -52,7 +52,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     for (stage, why) in ranking.report.failures() {
-        eprintln!("{stage} failed ({}), the order before it was kept: {why}", why.kind());
+        eprintln!(
+            "{stage} failed ({}), the order before it was kept: {why}",
+            why.kind()
+        );
     }
     Ok(())
 }

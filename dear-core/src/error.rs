@@ -189,6 +189,14 @@ impl Error {
         }
     }
 
+    /// [`Error::DeadlineExceeded`] for `what`, started at `started`.
+    pub(crate) fn deadline(what: impl Into<String>, started: std::time::Instant) -> Self {
+        Error::DeadlineExceeded {
+            what: what.into(),
+            elapsed_ms: started.elapsed().as_millis(),
+        }
+    }
+
     pub(crate) fn json(path: impl AsRef<Path>, err: impl std::fmt::Display) -> Self {
         Error::Json {
             path: path.as_ref().to_path_buf(),

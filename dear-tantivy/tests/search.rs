@@ -14,7 +14,9 @@ use dear_tantivy::tantivy::collector::TopDocs;
 use dear_tantivy::tantivy::query::AllQuery;
 use dear_tantivy::tantivy::schema::{Schema, STORED, TEXT};
 use dear_tantivy::tantivy::{doc, Index, TantivyDocument};
-use dear_tantivy::{PassageFields, PassageIndex, RerankQuery, SearchOptions, SearchReranked, SearchResults};
+use dear_tantivy::{
+    PassageFields, PassageIndex, RerankQuery, SearchOptions, SearchReranked, SearchResults,
+};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -339,7 +341,9 @@ fn repeated_searches_and_pages_are_served_from_the_cache() -> TestResult {
     let page = index.searcher().search_reranked(
         &query,
         &reranker,
-        &SearchOptions::new(3).and_offset(3).with_rerank(options.clone()),
+        &SearchOptions::new(3)
+            .and_offset(3)
+            .with_rerank(options.clone()),
     )?;
     assert_eq!(page.hits, first.hits[3..6]);
     assert_eq!(page.total, first.hits.len());
@@ -374,7 +378,11 @@ fn pages_are_slices_of_the_full_order_even_past_the_reranked_candidates() -> Tes
                     .with_rerank(options.clone()),
             )?;
             let end = (offset + limit).min(full.hits.len());
-            assert_eq!(page.hits, full.hits[offset..end], "offset {offset}, limit {limit}");
+            assert_eq!(
+                page.hits,
+                full.hits[offset..end],
+                "offset {offset}, limit {limit}"
+            );
         }
     }
     Ok(())
@@ -410,7 +418,8 @@ fn user_index() -> Result<(Index, PassageFields), Box<dyn std::error::Error>> {
         lang => "fr"
     ))?;
     w.commit()?;
-    let fields = PassageFields::from_schema(&index.schema(), Some("doc_id"), None, &["lead", "body"])?;
+    let fields =
+        PassageFields::from_schema(&index.schema(), Some("doc_id"), None, &["lead", "body"])?;
     Ok((index, fields))
 }
 
@@ -427,14 +436,14 @@ fn any_schema_with_filters_ids_of_any_type_and_snippets() -> TestResult {
     let parser = QueryParser::for_index(&index, fields.searched());
     let words = parser.parse_query("rain clouds water")?;
     let lang = schema.get_field("lang")?;
-    let english = TermQuery::new(
-        Term::from_field_text(lang, "en"),
-        IndexRecordOption::Basic,
-    );
+    let english = TermQuery::new(Term::from_field_text(lang, "en"), IndexRecordOption::Basic);
     // The user's own query with a filter: English documents only.
     let filtered = BooleanQuery::new(vec![
         (Occur::Must, words),
-        (Occur::Must, Box::new(ConstScoreQuery::new(Box::new(english), 0.0))),
+        (
+            Occur::Must,
+            Box::new(ConstScoreQuery::new(Box::new(english), 0.0)),
+        ),
     ]);
     let query = RerankQuery::new(fields.clone(), Box::new(filtered), "how does rain form?");
     let reranker = Reranker::new().with_pointwise(pointwise());
@@ -448,7 +457,11 @@ fn any_schema_with_filters_ids_of_any_type_and_snippets() -> TestResult {
     let mut got = ids(&results);
     got.sort();
     assert_eq!(got, ["7", "8"], "the filter keeps the French document out");
-    let rain = results.hits.iter().find(|h| h.id() == "7").ok_or("no doc 7")?;
+    let rain = results
+        .hits
+        .iter()
+        .find(|h| h.id() == "7")
+        .ok_or("no doc 7")?;
     // Both fields and both values of `body`, in order.
     assert_eq!(
         rain.passage.text,
@@ -464,7 +477,10 @@ fn any_schema_with_filters_ids_of_any_type_and_snippets() -> TestResult {
     let results = searcher.search_reranked(&q, &Reranker::new(), &SearchOptions::new(5))?;
     let hit = results.hits.first().ok_or("no hit")?;
     let address = hit.address();
-    assert_eq!(hit.id(), format!("{}:{}", address.segment_ord, address.doc_id));
+    assert_eq!(
+        hit.id(),
+        format!("{}:{}", address.segment_ord, address.doc_id)
+    );
     // Fields that cannot make a passage are named.
     let err = PassageFields::from_schema(&schema, Some("doc_id"), None, &["lang"])
         .err()
@@ -540,11 +556,9 @@ fn bad_queries_are_reported_and_bm25_results_kept() -> TestResult {
     let results = index.searcher().search_reranked(
         &q,
         &reranker,
-        &all(
-            RerankOptions::default()
-                .with_listwise_depth(2)
-                .with_window(2, 1),
-        ),
+        &all(RerankOptions::default()
+            .with_listwise_depth(2)
+            .with_window(2, 1)),
     )?;
     assert_eq!(results.hits.len(), tantivy_order(&index, &q, 100).len());
     for s in &results.report.stages {

@@ -123,10 +123,7 @@ impl PointwiseStage for PointwiseScorer {
     ) -> crate::Result<Scored> {
         let started = Instant::now();
         if deadline.is_some_and(|d| started >= d) {
-            return Err(Error::DeadlineExceeded {
-                what: "pointwise scoring".into(),
-                elapsed_ms: 0,
-            });
+            return Err(Error::deadline("pointwise scoring", started));
         }
         let encoded = self.encode(query, passages)?;
         let tokens = encoded.tokens();
@@ -136,10 +133,10 @@ impl PointwiseStage for PointwiseScorer {
                 .pop()
                 .ok_or_else(|| Error::Internal("no scores for the query".into()))?,
             Err(Error::Cancelled) => {
-                return Err(Error::DeadlineExceeded {
-                    what: format!("pointwise scoring of {} passages", passages.len()),
-                    elapsed_ms: started.elapsed().as_millis(),
-                })
+                return Err(Error::deadline(
+                    format!("pointwise scoring of {} passages", passages.len()),
+                    started,
+                ))
             }
             Err(e) => return Err(e),
         };

@@ -173,6 +173,8 @@ pub(crate) struct Limits {
     pub(crate) max_reasoning_tokens: usize,
     /// When the ranking stops with [`Error::DeadlineExceeded`].
     pub(crate) deadline: Option<Instant>,
+    /// When the listwise pass started (deadline errors report the time since).
+    pub(crate) started: Instant,
 }
 
 impl<'a> ConstrainedHook<'a> {
@@ -267,10 +269,10 @@ impl LogitsHook for ConstrainedHook<'_> {
             }
         }
         if self.limits.deadline.is_some_and(|d| Instant::now() >= d) {
-            return Err(Error::DeadlineExceeded {
-                what: "constrained listwise generation".into(),
-                elapsed_ms: 0,
-            });
+            return Err(Error::deadline(
+                "constrained listwise generation",
+                self.limits.started,
+            ));
         }
         if self.grammar.check(&self.answer) == Progress::Complete
             || generated.len() >= self.limits.budget

@@ -262,10 +262,7 @@ impl ListwiseRanker {
         let mut reports: Vec<WindowReport> = Vec::new();
         let result = slide(incoming, &window, |items: &[usize]| {
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(Error::DeadlineExceeded {
-                    what: "listwise reranking".into(),
-                    elapsed_ms: started.elapsed().as_millis(),
-                });
+                return Err(Error::deadline("listwise reranking", started));
             }
             let items: Vec<&Passage> = items.iter().map(|&i| &passages[i]).collect();
             let (order, mut report) = self.rank_window(query, &items, mode, deadline, started)?;
@@ -340,10 +337,7 @@ impl ListwiseRanker {
                 .pop()
                 .ok_or_else(|| Error::Internal("generation returned nothing".into()))?;
                 if out.finish == crate::FinishReason::Cancelled {
-                    return Err(Error::DeadlineExceeded {
-                        what: "listwise generation".into(),
-                        elapsed_ms: started.elapsed().as_millis(),
-                    });
+                    return Err(Error::deadline("listwise generation", started));
                 }
                 report.generated_tokens = out.tokens.len();
                 report.raw = self.lm.tokenizer().decode(&out.tokens, true)?;
@@ -360,7 +354,7 @@ impl ListwiseRanker {
                 parsed.order
             }
             ListwiseMode::Constrained => {
-                self.constrained(prompt, n, base, deadline, &mut report)?
+                self.constrained(prompt, n, base, deadline, started, &mut report)?
             }
             ListwiseMode::FirstToken => self.first_token(prompt, n, base, &mut report)?,
         };
@@ -388,6 +382,7 @@ impl ListwiseRanker {
         n: usize,
         base: IdBase,
         deadline: Option<Instant>,
+        started: Instant,
         report: &mut WindowReport,
     ) -> crate::Result<Vec<usize>> {
         let vocab = self
@@ -413,6 +408,7 @@ impl ListwiseRanker {
                 budget,
                 max_reasoning_tokens,
                 deadline,
+                started,
             };
             let grammar = RankingGrammar::new(n, first);
             let mut hook = ConstrainedHook::new(grammar, &vocab.tokens, tok, limits);

@@ -125,10 +125,10 @@ impl Scheduler {
                 Ok(r) => r,
                 Err(RecvTimeoutError::Timeout) => {
                     cancelled.store(true, Ordering::Relaxed);
-                    return Err(Error::DeadlineExceeded {
-                        what: format!("pointwise scoring of {} passages", passages.len()),
-                        elapsed_ms: started.elapsed().as_millis(),
-                    });
+                    return Err(Error::deadline(
+                        format!("pointwise scoring of {} passages", passages.len()),
+                        started,
+                    ));
                 }
                 Err(RecvTimeoutError::Disconnected) => return Err(Error::Cancelled),
             },
