@@ -27,12 +27,12 @@ pub enum HeadChoice {
 impl FromStr for HeadChoice {
     type Err = Error;
 
-    /// `auto`, `classifier` or `yes-no`.
+    /// `auto`, `classifier` or `yes-no` (also spelled `yes_no` or `yesno`).
     fn from_str(s: &str) -> crate::Result<Self> {
         match s {
             "auto" => Ok(HeadChoice::Auto),
             "classifier" => Ok(HeadChoice::Classifier),
-            "yes-no" | "yesno" => Ok(HeadChoice::YesNo),
+            "yes-no" | "yes_no" | "yesno" => Ok(HeadChoice::YesNo),
             other => Err(Error::InvalidArgument(format!(
                 "unknown head '{other}' (use auto, classifier or yes-no)"
             ))),
@@ -287,6 +287,7 @@ mod tests {
         let err = "logits".parse::<HeadChoice>().unwrap_err().to_string();
         assert!(err.contains("logits"), "{err}");
         assert_eq!("yes-no".parse::<HeadChoice>().ok(), Some(HeadChoice::YesNo));
+        assert_eq!("yes_no".parse::<HeadChoice>().ok(), Some(HeadChoice::YesNo));
     }
 
     #[test]

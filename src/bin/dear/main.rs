@@ -3,16 +3,18 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::{Args, Parser, Subcommand};
 use dear::dear_core::{
-    default_model_path, AdapterMode, Device, GenerateOptions, Head, HubOptions, LanguageModel,
-    ListwiseConfig, ListwiseMode, ListwiseOptions, ListwiseOutcome, ListwisePrompt, ListwiseRanker,
-    LoadOptions, Passage, PointwiseConfig, PointwiseScorer, Quantization, QuantizedMatmul, Query,
-    Recipe, Sampling, WeightDType, WindowConfig, WindowReport,
+    default_model_path, AdapterMode, Device, GenerateOptions, Head, HeadChoice, HubOptions,
+    LanguageModel, ListwiseConfig, ListwiseMode, ListwiseOptions, ListwiseOutcome, ListwisePrompt,
+    ListwiseRanker, LoadOptions, Passage, PointwiseConfig, PointwiseScorer, Quantization,
+    QuantizedMatmul, Query, Recipe, Sampling, WeightDType, WindowConfig, WindowReport,
 };
 
 mod bench;
@@ -233,19 +235,6 @@ fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How `score` reads relevance off the model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum HeadChoice {
-    /// The recipe's head; without a recipe, the classifier when the model has a
-    /// `score` head, else yes/no.
-    Auto,
-    /// DeAR's `score` head (sequence-classification checkpoints and adapters).
-    Classifier,
-    /// logit(yes) - logit(no) after a chat prompt (instruction-tuned causal LMs).
-    #[value(alias = "yes_no")]
-    YesNo,
-}
-
 #[derive(Args, Debug)]
 struct ScoreArgs {
     #[command(flatten)]
@@ -265,7 +254,7 @@ struct ScoreArgs {
     #[arg(long)]
     json: bool,
     /// How scores are read: auto, classifier or yes-no.
-    #[arg(long, value_enum, default_value_t = HeadChoice::Auto)]
+    #[arg(long, default_value = "auto", value_parser = head_choices())]
     head: HeadChoice,
     /// Query tokens kept [default: 32, or the recipe's].
     #[arg(long)]
@@ -273,24 +262,6 @@ struct ScoreArgs {
     /// Passage token budget [default: 196, or the recipe's].
     #[arg(long)]
     p_max_len: Option<usize>,
-}
-
-/// A built-in recipe by name, else a recipe JSON file.
-fn find_recipe(name: &str) -> anyhow::Result<Recipe> {
-    if let Some(recipe) = Recipe::builtin(name) {
-        return Ok(recipe);
-    }
-    let path = Path::new(name);
-    if !path.is_file() {
-        let names: Vec<String> = Recipe::builtins().into_iter().map(|r| r.name).collect();
-        bail!(
-            "unknown recipe '{name}': not a built-in ({}) and no such file",
-            names.join(", ")
-        );
-    }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading recipe {}", path.display()))?;
-    Recipe::from_json(&text).with_context(|| format!("reading recipe {}", path.display()))
 }
 
 /// Reads a JSON Lines file of passages; errors name the file and the line.
@@ -316,7 +287,7 @@ fn load_scorer(args: &ScoreArgs) -> anyhow::Result<PointwiseScorer> {
         HeadChoice::YesNo => Some(Head::default_yes_no()),
     };
     if let Some(name) = &args.recipe {
-        let mut recipe = find_recipe(name)?;
+        let mut recipe = Recipe::find(name)?;
         if let Some(model) = &args.model.model {
             recipe.base = model.clone();
         }
@@ -433,45 +404,6 @@ fn score(args: &ScoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The listwise prompt format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum PromptChoice {
-    /// DeAR's RankLLM conversation; passages numbered from 1.
-    Rankllm,
-    /// DeAR's README single prompt; passages numbered from 0.
-    Plain,
-}
-
-impl From<PromptChoice> for ListwisePrompt {
-    fn from(choice: PromptChoice) -> Self {
-        match choice {
-            PromptChoice::Rankllm => ListwisePrompt::RankLlm,
-            PromptChoice::Plain => ListwisePrompt::Plain,
-        }
-    }
-}
-
-/// How a window's ranking is read off the model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum ModeChoice {
-    /// Free greedy generation, then parsing.
-    Generate,
-    /// Greedy generation constrained to a well-formed permutation.
-    Constrained,
-    /// One forward pass; ids ordered by their probability as the first output (FIRST).
-    FirstToken,
-}
-
-impl From<ModeChoice> for ListwiseMode {
-    fn from(choice: ModeChoice) -> Self {
-        match choice {
-            ModeChoice::Generate => ListwiseMode::Generate,
-            ModeChoice::Constrained => ListwiseMode::Constrained,
-            ModeChoice::FirstToken => ListwiseMode::FirstToken,
-        }
-    }
-}
-
 #[derive(Args, Debug)]
 struct ListwiseArgs {
     #[command(flatten)]
@@ -485,11 +417,14 @@ struct ListwiseArgs {
     #[arg(long)]
     docs: PathBuf,
     /// The prompt format.
-    #[arg(long, value_enum, default_value_t = PromptChoice::Rankllm)]
-    prompt: PromptChoice,
+    #[arg(long, default_value = "rankllm", value_parser = choices::<ListwisePrompt>([
+        PossibleValue::new("rankllm").help("DeAR's RankLLM conversation; passages numbered from 1"),
+        PossibleValue::new("plain").help("DeAR's README single prompt; passages numbered from 0"),
+    ]))]
+    prompt: ListwisePrompt,
     /// How each window's ranking is obtained.
-    #[arg(long, value_enum, default_value_t = ModeChoice::Generate)]
-    mode: ModeChoice,
+    #[arg(long, default_value = "generate", value_parser = mode_choices())]
+    mode: ListwiseMode,
     /// Passages per window.
     #[arg(long, default_value_t = 20)]
     window: usize,
@@ -562,8 +497,8 @@ fn listwise(args: &ListwiseArgs) -> anyhow::Result<()> {
     let passages = read_docs(&args.docs)?;
     let window = window_config(args, passages.len())?;
     let config = ListwiseConfig {
-        prompt: args.prompt.into(),
-        mode: args.mode.into(),
+        prompt: args.prompt,
+        mode: args.mode,
         window,
         max_new_tokens: args.max_new_tokens,
         max_reasoning_tokens: args.max_reasoning_tokens,
@@ -684,6 +619,43 @@ fn recipes(args: &RecipesArgs) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// A parser of a library type by its `FromStr`, offering exactly `values` (with their
+/// help and aliases) as clap's `ValueEnum` would.
+pub(crate) fn choices<T>(
+    values: impl IntoIterator<Item = PossibleValue>,
+) -> impl TypedValueParser<Value = T>
+where
+    T: FromStr + Clone + Send + Sync + 'static,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    PossibleValuesParser::new(values).try_map(|s| s.parse::<T>())
+}
+
+/// `--head`'s values.
+pub(crate) fn head_choices() -> impl TypedValueParser<Value = HeadChoice> {
+    choices([
+        PossibleValue::new("auto").help(
+            "The recipe's head; without a recipe, the classifier when the model has a `score` head, else yes/no",
+        ),
+        PossibleValue::new("classifier")
+            .help("DeAR's `score` head (sequence-classification checkpoints and adapters)"),
+        PossibleValue::new("yes-no")
+            .alias("yes_no")
+            .help("logit(yes) - logit(no) after a chat prompt (instruction-tuned causal LMs)"),
+    ])
+}
+
+/// `--mode`'s values.
+pub(crate) fn mode_choices() -> impl TypedValueParser<Value = ListwiseMode> {
+    choices([
+        PossibleValue::new("generate").help("Free greedy generation, then parsing"),
+        PossibleValue::new("constrained")
+            .help("Greedy generation constrained to a well-formed permutation"),
+        PossibleValue::new("first-token")
+            .help("One forward pass; ids ordered by their probability as the first output (FIRST)"),
+    ])
 }
 
 fn main() -> ExitCode {
