@@ -1,7 +1,7 @@
 //! The `dear` command line: parse flags, call the library, print.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -10,11 +10,12 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context};
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
+use dear::dear_core::corpus::read_passages;
 use dear::dear_core::{
-    default_model_path, AdapterMode, Device, GenerateOptions, Head, HeadChoice, HubOptions,
-    LanguageModel, ListwiseConfig, ListwiseMode, ListwiseOptions, ListwiseOutcome, ListwisePrompt,
-    ListwiseRanker, LoadOptions, Passage, PointwiseConfig, PointwiseScorer, Quantization,
-    QuantizedMatmul, Query, Recipe, Sampling, WeightDType, WindowConfig, WindowReport,
+    default_model_path, AdapterMode, Device, GenerateOptions, HeadChoice, HubOptions,
+    LanguageModel, ListwiseConfig, ListwiseMode, ListwiseOptions, ListwisePrompt, ListwiseRanker,
+    LoadOptions, PointwiseConfig, PointwiseScorer, Quantization, QuantizedMatmul, Query, Recipe,
+    Sampling, WeightDType, WindowConfig, WindowReport,
 };
 
 mod bench;
@@ -91,10 +92,7 @@ impl ModelArgs {
         }
         LoadOptions::default()
             .with_device(self.device)
-            .with_dtype(self.dtype.unwrap_or(match self.device {
-                Device::Cpu => WeightDType::F32,
-                Device::Cuda(_) => WeightDType::BF16,
-            }))
+            .with_dtype(self.dtype.unwrap_or(WeightDType::default_for(self.device)))
             .with_quantization(self.quant)
             .with_quantized_matmul(self.kernel)
             .with_hub(hub)
@@ -264,11 +262,6 @@ struct ScoreArgs {
     p_max_len: Option<usize>,
 }
 
-/// Reads a JSON Lines file of passages; errors name the file and the line.
-fn read_docs(path: &Path) -> anyhow::Result<Vec<Passage>> {
-    Ok(dear::dear_core::corpus::read_passages(path)?)
-}
-
 /// Loads the scorer `args` describe: a recipe (with overrides), or a model whose
 /// head is chosen by `--head`.
 fn load_scorer(args: &ScoreArgs) -> anyhow::Result<PointwiseScorer> {
@@ -281,11 +274,6 @@ fn load_scorer(args: &ScoreArgs) -> anyhow::Result<PointwiseScorer> {
         }
         config
     };
-    let explicit_head = match args.head {
-        HeadChoice::Auto => None,
-        HeadChoice::Classifier => Some(Head::Classifier),
-        HeadChoice::YesNo => Some(Head::default_yes_no()),
-    };
     if let Some(name) = &args.recipe {
         let mut recipe = Recipe::find(name)?;
         if let Some(model) = &args.model.model {
@@ -294,7 +282,7 @@ fn load_scorer(args: &ScoreArgs) -> anyhow::Result<PointwiseScorer> {
         if let Some(adapter) = &args.model.adapter {
             recipe.adapter = Some(adapter.clone());
         }
-        if let Some(head) = explicit_head {
+        if let Some(head) = args.head.explicit() {
             recipe.pointwise.head = head;
         }
         recipe.pointwise = lengths(recipe.pointwise);
@@ -308,36 +296,11 @@ fn load_scorer(args: &ScoreArgs) -> anyhow::Result<PointwiseScorer> {
         return recipe.load(&args.model.options()).context(what);
     }
     let lm = args.model.load()?;
-    let head = match explicit_head {
-        Some(head) => head,
-        None => PointwiseConfig::for_model(&lm, None)?.head,
-    };
     let config = lengths(PointwiseConfig {
-        head,
+        head: args.head.resolve(&lm, None)?,
         ..PointwiseConfig::classifier()
     });
     Ok(PointwiseScorer::new(Arc::new(lm), None, config)?)
-}
-
-/// The passage as one line of at most `max` characters.
-fn snippet(passage: &Passage, max: usize) -> String {
-    let full = match passage.title.as_deref().filter(|t| !t.trim().is_empty()) {
-        Some(title) => format!("{title}: {}", passage.text),
-        None => passage.text.clone(),
-    };
-    one_line(&full, max)
-}
-
-/// `text` on one line (whitespace runs collapsed), at most `max` characters; an
-/// ellipsis marks a cut.
-fn one_line(text: &str, max: usize) -> String {
-    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() <= max {
-        return flat;
-    }
-    let mut cut: String = flat.chars().take(max.saturating_sub(1)).collect();
-    cut.push('…');
-    cut
 }
 
 #[derive(serde::Serialize)]
@@ -348,7 +311,7 @@ struct ScoreRow<'a> {
 }
 
 fn score(args: &ScoreArgs) -> anyhow::Result<()> {
-    let passages = read_docs(&args.docs)?;
+    let passages = read_passages(&args.docs)?;
     let started = Instant::now();
     let scorer = load_scorer(args)?;
     let loaded = started.elapsed().as_secs_f64();
@@ -398,7 +361,7 @@ fn score(args: &ScoreArgs) -> anyhow::Result<()> {
             rank + 1,
             scores[i],
             p.id.as_deref().unwrap_or("-"),
-            snippet(p, 60)
+            p.one_line(60)
         )?;
     }
     Ok(())
@@ -483,18 +446,8 @@ struct ListwiseJson<'a> {
     failure: Option<&'a dear::dear_core::StageFailure>,
 }
 
-/// The generated text of every window, joined by newlines.
-fn joined_raw(outcome: &ListwiseOutcome) -> String {
-    outcome
-        .windows
-        .iter()
-        .map(|w| w.raw.as_str())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 fn listwise(args: &ListwiseArgs) -> anyhow::Result<()> {
-    let passages = read_docs(&args.docs)?;
+    let passages = read_passages(&args.docs)?;
     let window = window_config(args, passages.len())?;
     let config = ListwiseConfig {
         prompt: args.prompt,
@@ -528,7 +481,7 @@ fn listwise(args: &ListwiseArgs) -> anyhow::Result<()> {
     if args.json {
         let json = ListwiseJson {
             permutation: &outcome.order,
-            raw: joined_raw(&outcome),
+            raw: outcome.raw(),
             windows: &outcome.windows,
             failure: outcome.failure.as_ref(),
         };
@@ -552,7 +505,7 @@ fn listwise(args: &ListwiseArgs) -> anyhow::Result<()> {
             rank + 1,
             i,
             p.id.as_deref().unwrap_or("-"),
-            snippet(p, 60)
+            p.one_line(60)
         )?;
     }
     for (k, w) in outcome.windows.iter().enumerate() {
@@ -606,10 +559,7 @@ fn recipes(args: &RecipesArgs) -> anyhow::Result<()> {
         "name", "head", "adapter"
     )?;
     for r in &all {
-        let head = match r.pointwise.head {
-            Head::Classifier => "classifier",
-            Head::YesNo { .. } => "yes-no",
-        };
+        let head = r.pointwise.head.kind();
         writeln!(
             stdout,
             "{:<name_width$}  {head:<10}  {:<adapter_width$}  {}",
