@@ -23,22 +23,8 @@ use dear_core::{
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn w1() -> Res<Vec<Vec<u32>>> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../benches/data/w1_pointwise.jsonl"
-    );
-    let mut out = Vec::new();
-    for line in std::fs::read_to_string(path)?.lines() {
-        let v: serde_json::Value = serde_json::from_str(line)?;
-        let ids: Vec<u32> = v["ids"]
-            .as_array()
-            .ok_or("no ids")?
-            .iter()
-            .filter_map(|x| x.as_u64().map(|x| x as u32))
-            .collect();
-        out.push(ids);
-    }
-    Ok(out)
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/data");
+    Ok(dear_core::bench::Workloads::load(dir)?.w1)
 }
 
 fn best_of<F: FnMut() -> Res<()>>(runs: usize, mut f: F) -> Res<f64> {

@@ -245,6 +245,23 @@ fn split_passages(text: &str, words: usize) -> Vec<String> {
     out
 }
 
+/// `text` on one line (whitespace runs collapsed to one space, none at either end), at
+/// most `max` characters; an ellipsis (`…`, counted in `max`) marks a cut.
+///
+/// ```
+/// assert_eq!(dear_core::corpus::one_line("a  b\n c", 10), "a b c");
+/// assert_eq!(dear_core::corpus::one_line("abcdef", 4), "abc…");
+/// ```
+pub fn one_line(text: &str, max: usize) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= max {
+        return flat;
+    }
+    let mut cut: String = flat.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

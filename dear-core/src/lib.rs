@@ -28,6 +28,7 @@
 #![warn(missing_docs)]
 
 mod batch;
+pub mod bench;
 mod chat_template;
 mod config;
 pub mod corpus;

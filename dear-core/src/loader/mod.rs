@@ -89,6 +89,15 @@ pub enum WeightDType {
 }
 
 impl WeightDType {
+    /// The usual dtype on `device`: f32 on the CPU, bf16 on CUDA (as DeAR's reference
+    /// runs its models on a GPU).
+    pub fn default_for(device: Device) -> Self {
+        match device {
+            Device::Cpu => WeightDType::F32,
+            Device::Cuda(_) => WeightDType::BF16,
+        }
+    }
+
     pub(crate) fn candle(self) -> DType {
         match self {
             WeightDType::F32 => DType::F32,

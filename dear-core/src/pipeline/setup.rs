@@ -24,15 +24,38 @@ pub enum HeadChoice {
     YesNo,
 }
 
+impl HeadChoice {
+    /// The head asked for explicitly: `None` for [`HeadChoice::Auto`].
+    pub fn explicit(self) -> Option<Head> {
+        match self {
+            HeadChoice::Auto => None,
+            HeadChoice::Classifier => Some(Head::Classifier),
+            HeadChoice::YesNo => Some(Head::default_yes_no()),
+        }
+    }
+
+    /// The head for `lm` (with `adapter` selected, if any): the explicit one, or for
+    /// [`HeadChoice::Auto`] the one [`PointwiseConfig::for_model`] picks.
+    ///
+    /// # Errors
+    /// As [`PointwiseConfig::for_model`].
+    pub fn resolve(self, lm: &LanguageModel, adapter: Option<&str>) -> crate::Result<Head> {
+        match self.explicit() {
+            Some(head) => Ok(head),
+            None => Ok(PointwiseConfig::for_model(lm, adapter)?.head),
+        }
+    }
+}
+
 impl FromStr for HeadChoice {
     type Err = Error;
 
-    /// `auto`, `classifier` or `yes-no`.
+    /// `auto`, `classifier` or `yes-no` (also spelled `yes_no` or `yesno`).
     fn from_str(s: &str) -> crate::Result<Self> {
         match s {
             "auto" => Ok(HeadChoice::Auto),
             "classifier" => Ok(HeadChoice::Classifier),
-            "yes-no" | "yesno" => Ok(HeadChoice::YesNo),
+            "yes-no" | "yes_no" | "yesno" => Ok(HeadChoice::YesNo),
             other => Err(Error::InvalidArgument(format!(
                 "unknown head '{other}' (use auto, classifier or yes-no)"
             ))),
@@ -250,17 +273,10 @@ impl DearSetup {
             let adapter = self.pointwise_adapter.as_ref().map(|_| POINTWISE);
             let config = match &self.pointwise {
                 Some(c) => c.clone(),
-                None => {
-                    let head = match self.head {
-                        HeadChoice::Auto => PointwiseConfig::for_model(&lm, adapter)?.head,
-                        HeadChoice::Classifier => Head::Classifier,
-                        HeadChoice::YesNo => Head::default_yes_no(),
-                    };
-                    PointwiseConfig {
-                        head,
-                        ..PointwiseConfig::classifier()
-                    }
-                }
+                None => PointwiseConfig {
+                    head: self.head.resolve(&lm, adapter)?,
+                    ..PointwiseConfig::classifier()
+                },
             };
             reranker = reranker.with_pointwise(Scheduler::new(lm.clone(), adapter, config)?);
         }
@@ -287,6 +303,13 @@ mod tests {
         let err = "logits".parse::<HeadChoice>().unwrap_err().to_string();
         assert!(err.contains("logits"), "{err}");
         assert_eq!("yes-no".parse::<HeadChoice>().ok(), Some(HeadChoice::YesNo));
+        assert_eq!("yes_no".parse::<HeadChoice>().ok(), Some(HeadChoice::YesNo));
+        assert_eq!(HeadChoice::Auto.explicit(), None);
+        assert_eq!(HeadChoice::Classifier.explicit(), Some(Head::Classifier));
+        assert_eq!(
+            HeadChoice::YesNo.explicit().map(|h| h.kind()),
+            Some("yes-no")
+        );
     }
 
     #[test]

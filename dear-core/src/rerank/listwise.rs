@@ -125,6 +125,14 @@ pub struct ListwiseOutcome {
     pub failure: Option<StageFailure>,
 }
 
+impl ListwiseOutcome {
+    /// The generated text of every window, in the order they ran, joined by newlines.
+    pub fn raw(&self) -> String {
+        let raws: Vec<&str> = self.windows.iter().map(|w| w.raw.as_str()).collect();
+        raws.join("\n")
+    }
+}
+
 /// Per-call settings of a listwise pass: `None` fields take the ranker's
 /// [`ListwiseConfig`].
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

@@ -62,6 +62,15 @@ impl Head {
             no: "no".to_string(),
         }
     }
+
+    /// The kind of head, as `--head` and `dear recipes` name it: `"classifier"` or
+    /// `"yes-no"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Head::Classifier => "classifier",
+            Head::YesNo { .. } => "yes-no",
+        }
+    }
 }
 
 /// Settings of the pointwise scorer.

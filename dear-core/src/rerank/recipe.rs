@@ -7,6 +7,7 @@
 //! adapters, 8B and 3B, trained with cross-entropy or RankNet) and `smollm2`, the
 //! default model with the yes/no head.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -68,6 +69,35 @@ impl Recipe {
     /// The built-in recipe called `name`, if any.
     pub fn builtin(name: &str) -> Option<Recipe> {
         Self::builtins().into_iter().find(|r| r.name == name)
+    }
+
+    /// The built-in recipe called `name_or_path`, else the recipe JSON file at that path
+    /// ([`Recipe::from_json`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the built-in recipes when `name_or_path` is
+    /// neither a built-in nor a file; [`Error::Io`] when the file cannot be read;
+    /// [`Error::Json`] naming the file when it is not a valid recipe.
+    pub fn find(name_or_path: &str) -> crate::Result<Recipe> {
+        if let Some(recipe) = Self::builtin(name_or_path) {
+            return Ok(recipe);
+        }
+        let path = Path::new(name_or_path);
+        if !path.is_file() {
+            let names: Vec<String> = Self::builtins().into_iter().map(|r| r.name).collect();
+            return Err(Error::InvalidArgument(format!(
+                "unknown recipe '{name_or_path}': not a built-in ({}) and no such file",
+                names.join(", ")
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_json(&text).map_err(|e| match e {
+            Error::Json { message, .. } => Error::json(path, message),
+            other => other,
+        })
     }
 
     /// Every built-in recipe: DeAR's 8B and 3B rerankers (full checkpoints and LoRA
@@ -201,6 +231,32 @@ mod tests {
     }
 
     #[test]
+    fn find_takes_a_builtin_or_a_file() -> crate::Result<()> {
+        assert_eq!(
+            Recipe::find("smollm2")?,
+            Recipe::builtin("smollm2").unwrap()
+        );
+        let dir = tempfile::tempdir().map_err(|e| Error::Internal(e.to_string()))?;
+        let path = dir.path().join("mine.json");
+        let mut recipe = Recipe::builtin("dear-3b-ce").unwrap();
+        recipe.name = "mine".into();
+        let text = serde_json::to_string(&recipe).map_err(|e| Error::json("<test>", e))?;
+        std::fs::write(&path, text).map_err(|e| Error::Internal(e.to_string()))?;
+        assert_eq!(Recipe::find(&path.to_string_lossy())?, recipe);
+        std::fs::write(&path, "{").map_err(|e| Error::Internal(e.to_string()))?;
+        let err = message(Recipe::find(&path.to_string_lossy()));
+        assert!(err.contains("mine.json"), "{err}");
+        let err = message(Recipe::find("dear-1b"));
+        assert!(
+            err.contains("unknown recipe 'dear-1b'")
+                && err.contains("dear-8b-ce, ")
+                && err.contains("smollm2"),
+            "{err}"
+        );
+        Ok(())
+    }
+
+    #[test]
     fn builtins_name_the_published_models() {
         let get = |name: &str| Recipe::builtin(name);
         let ce = get("dear-8b-ce");
@@ -294,7 +350,7 @@ mod tests {
         assert!(scorer.model().llama().score_labels(None).is_some());
         let via_recipe = scorer.score(&query, &passages)?;
         let lm = LanguageModel::load(
-            &golden("models/tiny-gqa"),
+            golden("models/tiny-gqa"),
             &LoadOptions::default().with_adapter(golden("lora/seqcls-a"), AdapterMode::Merged),
         )?;
         let direct = PointwiseScorer::new(Arc::new(lm), None, PointwiseConfig::classifier())?

@@ -53,6 +53,15 @@ impl Passage {
         self.id = Some(id.into());
         self
     }
+
+    /// The passage for display on one line of at most `max` characters: `"{title}: {text}"`
+    /// when the title has something other than whitespace, else the text ([`crate::corpus::one_line`]).
+    pub fn one_line(&self, max: usize) -> String {
+        match self.title.as_deref().filter(|t| !t.trim().is_empty()) {
+            Some(title) => crate::corpus::one_line(&format!("{title}: {}", self.text), max),
+            None => crate::corpus::one_line(&self.text, max),
+        }
+    }
 }
 
 impl From<&str> for Passage {

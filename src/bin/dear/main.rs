@@ -1,18 +1,21 @@
 //! The `dear` command line: parse flags, call the library, print.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::{Args, Parser, Subcommand};
+use dear::dear_core::corpus::read_passages;
 use dear::dear_core::{
-    default_model_path, AdapterMode, Device, GenerateOptions, Head, HubOptions, LanguageModel,
-    ListwiseConfig, ListwiseMode, ListwiseOptions, ListwiseOutcome, ListwisePrompt, ListwiseRanker,
-    LoadOptions, Passage, PointwiseConfig, PointwiseScorer, Quantization, QuantizedMatmul, Query,
-    Recipe, Sampling, WeightDType, WindowConfig, WindowReport,
+    default_model_path, AdapterMode, Device, GenerateOptions, HeadChoice, HubOptions,
+    LanguageModel, ListwiseConfig, ListwiseMode, ListwiseOptions, ListwisePrompt, ListwiseRanker,
+    LoadOptions, PointwiseConfig, PointwiseScorer, Quantization, QuantizedMatmul, Query, Recipe,
+    Sampling, WeightDType, WindowConfig, WindowReport,
 };
 
 mod bench;
@@ -89,10 +92,7 @@ impl ModelArgs {
         }
         LoadOptions::default()
             .with_device(self.device)
-            .with_dtype(self.dtype.unwrap_or(match self.device {
-                Device::Cpu => WeightDType::F32,
-                Device::Cuda(_) => WeightDType::BF16,
-            }))
+            .with_dtype(self.dtype.unwrap_or(WeightDType::default_for(self.device)))
             .with_quantization(self.quant)
             .with_quantized_matmul(self.kernel)
             .with_hub(hub)
@@ -233,19 +233,6 @@ fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How `score` reads relevance off the model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum HeadChoice {
-    /// The recipe's head; without a recipe, the classifier when the model has a
-    /// `score` head, else yes/no.
-    Auto,
-    /// DeAR's `score` head (sequence-classification checkpoints and adapters).
-    Classifier,
-    /// logit(yes) - logit(no) after a chat prompt (instruction-tuned causal LMs).
-    #[value(alias = "yes_no")]
-    YesNo,
-}
-
 #[derive(Args, Debug)]
 struct ScoreArgs {
     #[command(flatten)]
@@ -265,7 +252,7 @@ struct ScoreArgs {
     #[arg(long)]
     json: bool,
     /// How scores are read: auto, classifier or yes-no.
-    #[arg(long, value_enum, default_value_t = HeadChoice::Auto)]
+    #[arg(long, default_value = "auto", value_parser = head_choices())]
     head: HeadChoice,
     /// Query tokens kept [default: 32, or the recipe's].
     #[arg(long)]
@@ -273,29 +260,6 @@ struct ScoreArgs {
     /// Passage token budget [default: 196, or the recipe's].
     #[arg(long)]
     p_max_len: Option<usize>,
-}
-
-/// A built-in recipe by name, else a recipe JSON file.
-fn find_recipe(name: &str) -> anyhow::Result<Recipe> {
-    if let Some(recipe) = Recipe::builtin(name) {
-        return Ok(recipe);
-    }
-    let path = Path::new(name);
-    if !path.is_file() {
-        let names: Vec<String> = Recipe::builtins().into_iter().map(|r| r.name).collect();
-        bail!(
-            "unknown recipe '{name}': not a built-in ({}) and no such file",
-            names.join(", ")
-        );
-    }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading recipe {}", path.display()))?;
-    Recipe::from_json(&text).with_context(|| format!("reading recipe {}", path.display()))
-}
-
-/// Reads a JSON Lines file of passages; errors name the file and the line.
-fn read_docs(path: &Path) -> anyhow::Result<Vec<Passage>> {
-    Ok(dear::dear_core::corpus::read_passages(path)?)
 }
 
 /// Loads the scorer `args` describe: a recipe (with overrides), or a model whose
@@ -310,20 +274,15 @@ fn load_scorer(args: &ScoreArgs) -> anyhow::Result<PointwiseScorer> {
         }
         config
     };
-    let explicit_head = match args.head {
-        HeadChoice::Auto => None,
-        HeadChoice::Classifier => Some(Head::Classifier),
-        HeadChoice::YesNo => Some(Head::default_yes_no()),
-    };
     if let Some(name) = &args.recipe {
-        let mut recipe = find_recipe(name)?;
+        let mut recipe = Recipe::find(name)?;
         if let Some(model) = &args.model.model {
             recipe.base = model.clone();
         }
         if let Some(adapter) = &args.model.adapter {
             recipe.adapter = Some(adapter.clone());
         }
-        if let Some(head) = explicit_head {
+        if let Some(head) = args.head.explicit() {
             recipe.pointwise.head = head;
         }
         recipe.pointwise = lengths(recipe.pointwise);
@@ -337,36 +296,11 @@ fn load_scorer(args: &ScoreArgs) -> anyhow::Result<PointwiseScorer> {
         return recipe.load(&args.model.options()).context(what);
     }
     let lm = args.model.load()?;
-    let head = match explicit_head {
-        Some(head) => head,
-        None => PointwiseConfig::for_model(&lm, None)?.head,
-    };
     let config = lengths(PointwiseConfig {
-        head,
+        head: args.head.resolve(&lm, None)?,
         ..PointwiseConfig::classifier()
     });
     Ok(PointwiseScorer::new(Arc::new(lm), None, config)?)
-}
-
-/// The passage as one line of at most `max` characters.
-fn snippet(passage: &Passage, max: usize) -> String {
-    let full = match passage.title.as_deref().filter(|t| !t.trim().is_empty()) {
-        Some(title) => format!("{title}: {}", passage.text),
-        None => passage.text.clone(),
-    };
-    one_line(&full, max)
-}
-
-/// `text` on one line (whitespace runs collapsed), at most `max` characters; an
-/// ellipsis marks a cut.
-fn one_line(text: &str, max: usize) -> String {
-    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() <= max {
-        return flat;
-    }
-    let mut cut: String = flat.chars().take(max.saturating_sub(1)).collect();
-    cut.push('…');
-    cut
 }
 
 #[derive(serde::Serialize)]
@@ -377,7 +311,7 @@ struct ScoreRow<'a> {
 }
 
 fn score(args: &ScoreArgs) -> anyhow::Result<()> {
-    let passages = read_docs(&args.docs)?;
+    let passages = read_passages(&args.docs)?;
     let started = Instant::now();
     let scorer = load_scorer(args)?;
     let loaded = started.elapsed().as_secs_f64();
@@ -427,49 +361,10 @@ fn score(args: &ScoreArgs) -> anyhow::Result<()> {
             rank + 1,
             scores[i],
             p.id.as_deref().unwrap_or("-"),
-            snippet(p, 60)
+            p.one_line(60)
         )?;
     }
     Ok(())
-}
-
-/// The listwise prompt format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum PromptChoice {
-    /// DeAR's RankLLM conversation; passages numbered from 1.
-    Rankllm,
-    /// DeAR's README single prompt; passages numbered from 0.
-    Plain,
-}
-
-impl From<PromptChoice> for ListwisePrompt {
-    fn from(choice: PromptChoice) -> Self {
-        match choice {
-            PromptChoice::Rankllm => ListwisePrompt::RankLlm,
-            PromptChoice::Plain => ListwisePrompt::Plain,
-        }
-    }
-}
-
-/// How a window's ranking is read off the model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum ModeChoice {
-    /// Free greedy generation, then parsing.
-    Generate,
-    /// Greedy generation constrained to a well-formed permutation.
-    Constrained,
-    /// One forward pass; ids ordered by their probability as the first output (FIRST).
-    FirstToken,
-}
-
-impl From<ModeChoice> for ListwiseMode {
-    fn from(choice: ModeChoice) -> Self {
-        match choice {
-            ModeChoice::Generate => ListwiseMode::Generate,
-            ModeChoice::Constrained => ListwiseMode::Constrained,
-            ModeChoice::FirstToken => ListwiseMode::FirstToken,
-        }
-    }
 }
 
 #[derive(Args, Debug)]
@@ -485,11 +380,14 @@ struct ListwiseArgs {
     #[arg(long)]
     docs: PathBuf,
     /// The prompt format.
-    #[arg(long, value_enum, default_value_t = PromptChoice::Rankllm)]
-    prompt: PromptChoice,
+    #[arg(long, default_value = "rankllm", value_parser = choices::<ListwisePrompt>([
+        PossibleValue::new("rankllm").help("DeAR's RankLLM conversation; passages numbered from 1"),
+        PossibleValue::new("plain").help("DeAR's README single prompt; passages numbered from 0"),
+    ]))]
+    prompt: ListwisePrompt,
     /// How each window's ranking is obtained.
-    #[arg(long, value_enum, default_value_t = ModeChoice::Generate)]
-    mode: ModeChoice,
+    #[arg(long, default_value = "generate", value_parser = mode_choices())]
+    mode: ListwiseMode,
     /// Passages per window.
     #[arg(long, default_value_t = 20)]
     window: usize,
@@ -548,22 +446,12 @@ struct ListwiseJson<'a> {
     failure: Option<&'a dear::dear_core::StageFailure>,
 }
 
-/// The generated text of every window, joined by newlines.
-fn joined_raw(outcome: &ListwiseOutcome) -> String {
-    outcome
-        .windows
-        .iter()
-        .map(|w| w.raw.as_str())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 fn listwise(args: &ListwiseArgs) -> anyhow::Result<()> {
-    let passages = read_docs(&args.docs)?;
+    let passages = read_passages(&args.docs)?;
     let window = window_config(args, passages.len())?;
     let config = ListwiseConfig {
-        prompt: args.prompt.into(),
-        mode: args.mode.into(),
+        prompt: args.prompt,
+        mode: args.mode,
         window,
         max_new_tokens: args.max_new_tokens,
         max_reasoning_tokens: args.max_reasoning_tokens,
@@ -593,7 +481,7 @@ fn listwise(args: &ListwiseArgs) -> anyhow::Result<()> {
     if args.json {
         let json = ListwiseJson {
             permutation: &outcome.order,
-            raw: joined_raw(&outcome),
+            raw: outcome.raw(),
             windows: &outcome.windows,
             failure: outcome.failure.as_ref(),
         };
@@ -617,7 +505,7 @@ fn listwise(args: &ListwiseArgs) -> anyhow::Result<()> {
             rank + 1,
             i,
             p.id.as_deref().unwrap_or("-"),
-            snippet(p, 60)
+            p.one_line(60)
         )?;
     }
     for (k, w) in outcome.windows.iter().enumerate() {
@@ -671,10 +559,7 @@ fn recipes(args: &RecipesArgs) -> anyhow::Result<()> {
         "name", "head", "adapter"
     )?;
     for r in &all {
-        let head = match r.pointwise.head {
-            Head::Classifier => "classifier",
-            Head::YesNo { .. } => "yes-no",
-        };
+        let head = r.pointwise.head.kind();
         writeln!(
             stdout,
             "{:<name_width$}  {head:<10}  {:<adapter_width$}  {}",
@@ -684,6 +569,43 @@ fn recipes(args: &RecipesArgs) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// A parser of a library type by its `FromStr`, offering exactly `values` (with their
+/// help and aliases) as clap's `ValueEnum` would.
+pub(crate) fn choices<T>(
+    values: impl IntoIterator<Item = PossibleValue>,
+) -> impl TypedValueParser<Value = T>
+where
+    T: FromStr + Clone + Send + Sync + 'static,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    PossibleValuesParser::new(values).try_map(|s| s.parse::<T>())
+}
+
+/// `--head`'s values.
+pub(crate) fn head_choices() -> impl TypedValueParser<Value = HeadChoice> {
+    choices([
+        PossibleValue::new("auto").help(
+            "The recipe's head; without a recipe, the classifier when the model has a `score` head, else yes/no",
+        ),
+        PossibleValue::new("classifier")
+            .help("DeAR's `score` head (sequence-classification checkpoints and adapters)"),
+        PossibleValue::new("yes-no")
+            .alias("yes_no")
+            .help("logit(yes) - logit(no) after a chat prompt (instruction-tuned causal LMs)"),
+    ])
+}
+
+/// `--mode`'s values.
+pub(crate) fn mode_choices() -> impl TypedValueParser<Value = ListwiseMode> {
+    choices([
+        PossibleValue::new("generate").help("Free greedy generation, then parsing"),
+        PossibleValue::new("constrained")
+            .help("Greedy generation constrained to a well-formed permutation"),
+        PossibleValue::new("first-token")
+            .help("One forward pass; ids ordered by their probability as the first output (FIRST)"),
+    ])
 }
 
 fn main() -> ExitCode {

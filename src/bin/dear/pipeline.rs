@@ -5,10 +5,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use dear::dear_core::{Chunking, DearSetup, HeadChoice as Head, RerankOptions, Reranker, Stages};
+use dear::dear_core::{
+    Chunking, DearSetup, HeadChoice, ListwiseMode, RerankOptions, Reranker, Stages,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{HeadChoice, ModeChoice, ModelArgs};
+use super::{head_choices, mode_choices, ModelArgs};
 
 /// The model and reranking flags `search` and `eval` share.
 #[derive(Args, Debug)]
@@ -24,7 +26,7 @@ pub struct PipelineArgs {
     listwise_adapter: Option<String>,
     /// How pointwise scores are read: auto (the classifier when there is a `score`
     /// head, else yes/no), classifier or yes-no.
-    #[arg(long, value_enum, default_value_t = HeadChoice::Auto)]
+    #[arg(long, default_value = "auto", value_parser = head_choices())]
     head: HeadChoice,
     /// The stages to run: the first stage (bm25) plus any of pointwise, listwise
     /// (comma-separated).
@@ -43,8 +45,8 @@ pub struct PipelineArgs {
     #[arg(long, default_value_t = 10)]
     step: usize,
     /// How listwise windows are ranked.
-    #[arg(long, value_enum, default_value_t = ModeChoice::Generate)]
-    mode: ModeChoice,
+    #[arg(long, default_value = "generate", value_parser = mode_choices())]
+    mode: ListwiseMode,
     /// Cut every passage to this many tokens before the model stages read it.
     #[arg(long)]
     max_passage_tokens: Option<usize>,
@@ -71,7 +73,7 @@ impl PipelineArgs {
             .with_listwise_depth(self.listwise_top)
             .with_window(self.window, self.step)
             .with_stages(self.stages)
-            .with_listwise_mode(self.mode.into());
+            .with_listwise_mode(self.mode);
         if self.max_p {
             let mut c = Chunking::max_p().with_overlap(self.chunk_overlap);
             if let Some(t) = self.chunk_tokens {
@@ -97,12 +99,8 @@ impl PipelineArgs {
         let spec = self.model.spec()?;
         let mut setup = DearSetup::new(spec)
             .with_load_options(self.model.options())
-            .with_head(match self.head {
-                HeadChoice::Auto => Head::Auto,
-                HeadChoice::Classifier => Head::Classifier,
-                HeadChoice::YesNo => Head::YesNo,
-            })
-            .with_listwise_mode(self.mode.into())
+            .with_head(self.head)
+            .with_listwise_mode(self.mode)
             .with_stages(self.stages);
         if let Some(a) = &self.model.adapter {
             setup = setup.with_merged_adapter(a.clone());

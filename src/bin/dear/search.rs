@@ -12,8 +12,9 @@ use dear::dear_tantivy::tantivy::TantivyDocument;
 use dear::dear_tantivy::{PassageIndex, SearchHit, SearchOptions, SearchReranked, SearchResults};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{id_column_width, one_line};
+use super::id_column_width;
 use crate::pipeline::PipelineArgs;
+use dear::dear_core::corpus::one_line;
 
 // ---------------------------------------------------------------- index
 
