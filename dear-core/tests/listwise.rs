@@ -107,7 +107,11 @@ fn windows_slide_over_long_lists() -> TestResult {
         ..ListwiseConfig::default()
     };
     let r = ListwiseRanker::new(lm, None, cfg)?;
-    let out = r.rank(&Query::new("capital of France"), &docs, &ListwiseOptions::default())?;
+    let out = r.rank(
+        &Query::new("capital of France"),
+        &docs,
+        &ListwiseOptions::default(),
+    )?;
     assert!(is_permutation(&out.order, 30));
     let spans: Vec<(usize, usize)> = out.windows.iter().map(|w| (w.start, w.end)).collect();
     assert_eq!(spans, vec![(10, 30), (0, 20)]);
@@ -123,7 +127,10 @@ fn small_and_empty_inputs() -> TestResult {
         config(ListwiseMode::Generate, ListwisePrompt::RankLlm),
     )?;
     let q = Query::new("capital of France");
-    assert_eq!(r.rank(&q, &[], &ListwiseOptions::default())?.order, Vec::<usize>::new());
+    assert_eq!(
+        r.rank(&q, &[], &ListwiseOptions::default())?.order,
+        Vec::<usize>::new()
+    );
     let one = r.rank(&q, &passages(1), &ListwiseOptions::default())?;
     assert_eq!(one.order, vec![0]);
     assert!(one.windows.is_empty(), "no model call for one passage");
@@ -131,7 +138,10 @@ fn small_and_empty_inputs() -> TestResult {
         Passage::new(""),
         Passage::new("Paris is the capital of France."),
     ];
-    assert!(is_permutation(&r.rank(&q, &empty_text, &ListwiseOptions::default())?.order, 2));
+    assert!(is_permutation(
+        &r.rank(&q, &empty_text, &ListwiseOptions::default())?.order,
+        2
+    ));
     assert!(matches!(
         r.rank(&Query::new(" "), &passages(2), &ListwiseOptions::default()),
         Err(Error::EmptyInput(_))

@@ -366,7 +366,11 @@ fn bad_adapters_and_inputs_are_refused() -> TestResult {
         .is_empty());
     let huge = "lorem ipsum ".repeat(90_000);
     let s = scheduler
-        .score(&Query::new("q"), &[Passage::new(""), Passage::new(huge)], None)?
+        .score(
+            &Query::new("q"),
+            &[Passage::new(""), Passage::new(huge)],
+            None,
+        )?
         .scores;
     assert!(s.iter().all(|x| x.is_finite()), "{s:?}");
     let enc = scheduler.scorer().encode(

@@ -377,7 +377,8 @@ impl Reranker {
         let depth = options.listwise_depth().min(n);
         let mut lw = StageReport::new(Stage::Listwise);
         let mut lw_ran = false;
-        let mut listwise_done = 0;
+        // The listwise order stands over ranks `listwise_from..listwise_to`.
+        let (mut listwise_from, mut listwise_to) = (0, 0);
         let t = Instant::now();
         match (&self.listwise, options.stages().listwise) {
             (_, false) => lw.status = StageStatus::Skipped("not requested".into()),
@@ -405,10 +406,10 @@ impl Reranker {
                     deadline,
                     &mut lw,
                 );
-                if let Some(perm) = perm {
+                if let Some((perm, from)) = perm {
                     let head: Vec<usize> = perm.iter().map(|&k| order[k]).collect();
                     order[..depth].copy_from_slice(&head);
-                    listwise_done = depth;
+                    (listwise_from, listwise_to) = (from.min(depth), depth);
                 }
                 lw.status = match failure {
                     None => StageStatus::Completed,
@@ -422,8 +423,9 @@ impl Reranker {
                 *elapsed = lw.elapsed;
             }
         }
-        // A listwise pass that stopped early still placed the windows it finished.
-        let listwise_placed = listwise_done > 0;
+        // A listwise pass that stopped early still placed the windows it finished (the
+        // ranks above them kept the order before it).
+        let listwise_ranks = listwise_from..listwise_to;
 
         // Assemble: the reranked candidates, then the rest in first-stage order.
         let mut pointwise_rank = vec![None; n];
@@ -442,16 +444,13 @@ impl Reranker {
             }
         };
         let mut relevances: Vec<f32> = order.iter().map(|&i| relevance(raw(i))).collect();
-        if listwise_placed {
-            let head = &mut relevances[..depth];
-            head.sort_by(|a, b| b.total_cmp(a));
-        }
+        relevances[listwise_ranks.clone()].sort_by(|a, b| b.total_cmp(a));
         let mut passages: Vec<Option<Passage>> = passages.into_iter().map(Some).collect();
         let mut slots: Vec<Option<Candidate<H>>> = candidates.into_iter().map(Some).collect();
         let mut hits = Vec::with_capacity(total);
         for (r, &i) in order.iter().enumerate() {
             let Some(c) = slots[i].take() else { continue };
-            let in_listwise = listwise_placed && r < depth;
+            let in_listwise = listwise_ranks.contains(&r);
             let in_pointwise = pointwise_ok && i < n;
             hits.push(RerankedHit {
                 handle: c.handle,
@@ -639,8 +638,10 @@ impl Reranker {
             .collect())
     }
 
-    /// The listwise permutation of `top` (positions into it), if the stage gave one
-    /// (also when it stopped early: the finished windows' work), and why it failed.
+    /// The listwise permutation of `top` (positions into it) and the first rank its
+    /// order placed, if the stage gave one (also when it stopped early: the work of the
+    /// windows it finished, which placed the ranks from the highest of them down), and
+    /// why it failed.
     fn run_listwise(
         &self,
         stage: &dyn ListwiseStage,
@@ -649,7 +650,7 @@ impl Reranker {
         options: &RerankOptions,
         deadline: Option<Instant>,
         report: &mut StageReport,
-    ) -> (Option<Vec<usize>>, Option<StageFailure>) {
+    ) -> (Option<(Vec<usize>, usize)>, Option<StageFailure>) {
         let started = Instant::now();
         let window = options.window_config();
         let key = Key::of(&[
@@ -660,7 +661,7 @@ impl Reranker {
         ]);
         if let Some(order) = self.cache.listwise(&key) {
             report.cached = top.len();
-            return (Some(order), None);
+            return (Some((order, 0)), None);
         }
         let call = ListwiseOptions {
             mode: options.listwise_mode(),
@@ -695,9 +696,17 @@ impl Reranker {
             );
         }
         if let Some(why) = outcome.failure {
-            // Stopped early: the finished windows' order stands, uncached.
-            let moved = outcome.order.iter().enumerate().any(|(i, &k)| i != k);
-            return (moved.then_some(outcome.order), Some(why));
+            // Stopped early: the order of the windows that gave a ranking stands over
+            // the ranks they reached (and anything the stage moved), uncached.
+            let moved = outcome.order.iter().enumerate().position(|(i, &k)| i != k);
+            let from = outcome
+                .windows
+                .iter()
+                .filter(|w| w.failure.is_none())
+                .map(|w| w.start)
+                .chain(moved)
+                .min();
+            return (from.map(|from| (outcome.order, from)), Some(why));
         }
         if !outcome.windows.is_empty() && outcome.windows.iter().all(|w| w.failure.is_some()) {
             report.notes.clear();
@@ -714,7 +723,7 @@ impl Reranker {
             );
         }
         self.cache.put_listwise(key, outcome.order.clone());
-        (Some(outcome.order), None)
+        (Some((outcome.order, 0)), None)
     }
 }
 
@@ -944,7 +953,9 @@ mod tests {
 
     #[test]
     fn failing_stages_keep_the_previous_order_and_say_why() -> crate::Result<()> {
-        let r = Reranker::new().with_pointwise(Failing).with_listwise(Failing);
+        let r = Reranker::new()
+            .with_pointwise(Failing)
+            .with_listwise(Failing);
         let out = r.rerank("q", candidates(&["1", "5", "3"]), &RerankOptions::default())?;
         assert_eq!(ids(&out), ["d0", "d1", "d2"]);
         assert!(out.hits.iter().all(|h| h.placed_by == Stage::First));
@@ -969,9 +980,11 @@ mod tests {
         );
 
         // A failed pointwise stage does not stop a working listwise one.
-        let r = Reranker::new().with_pointwise(Short).with_listwise(Reverse {
-            sleep_past_deadline: false,
-        });
+        let r = Reranker::new()
+            .with_pointwise(Short)
+            .with_listwise(Reverse {
+                sleep_past_deadline: false,
+            });
         let out = r.rerank("q", candidates(&["1", "5", "3"]), &RerankOptions::default())?;
         assert_eq!(ids(&out), ["d2", "d1", "d0"]);
         let why = failure_of(&out, Stage::Pointwise);
@@ -1291,7 +1304,11 @@ mod tests {
         assert!(
             matches!(
                 why.and_then(StageFailure::model_error),
-                Some(CoreError::ContextOverflow { tokens: 9000, max: 8192, .. })
+                Some(CoreError::ContextOverflow {
+                    tokens: 9000,
+                    max: 8192,
+                    ..
+                })
             ),
             "{why:?}"
         );
@@ -1436,7 +1453,20 @@ mod tests {
             }));
         let out = r.rerank("q", candidates(&["1", "5", "3"]), &RerankOptions::default())?;
         assert_eq!(ids(&out), ["d1", "d0", "d2"]);
-        assert!(out.hits.iter().all(|h| h.placed_by == Stage::Listwise));
+        // The finished window placed ranks 1 and 2; rank 0 kept the pointwise order.
+        let placed: Vec<(Stage, Option<usize>)> = out
+            .hits
+            .iter()
+            .map(|h| (h.placed_by, h.listwise_position))
+            .collect();
+        assert_eq!(
+            placed,
+            [
+                (Stage::Pointwise, None),
+                (Stage::Listwise, Some(2)),
+                (Stage::Listwise, Some(3))
+            ]
+        );
         let why = failure_of(&out, Stage::Listwise);
         assert!(
             matches!(
@@ -1446,7 +1476,10 @@ mod tests {
             "{why:?}"
         );
         // Relevance still never increases down the list.
-        assert!(out.hits.windows(2).all(|w| w[0].relevance >= w[1].relevance));
+        assert!(out
+            .hits
+            .windows(2)
+            .all(|w| w[0].relevance >= w[1].relevance));
         // A partial order is not cached: asking again calls the stage again and
         // reports the failure again.
         let again = r.rerank("q", candidates(&["1", "5", "3"]), &RerankOptions::default())?;
