@@ -198,7 +198,7 @@ pub struct Evaluation {
 /// See [`ndcg_at`], [`mrr_at`] and [`recall_at`] for each measure.
 ///
 /// ```rust
-/// use dear_tantivy::eval::{evaluate, Qrels, Run};
+/// use dear_core::eval::{evaluate, Qrels, Run};
 ///
 /// let qrels: Qrels = "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\t1\n".parse()?;
 /// let run: Run = "q1 Q0 d3 1 2.0 bm25\nq1 Q0 d1 2 1.0 bm25\n".parse()?;
@@ -211,7 +211,7 @@ pub struct Evaluation {
 /// // DCG = 1/log2(3); ideal DCG = 1/log2(2) + 1/log2(3).
 /// let expected = (1.0 / 3f64.log2()) / (1.0 + 1.0 / 3f64.log2());
 /// assert!((evaluation.mean.ndcg_at_10 - expected).abs() < 1e-12);
-/// # Ok::<(), dear_tantivy::eval::EvalError>(())
+/// # Ok::<(), dear_core::eval::EvalError>(())
 /// ```
 pub fn evaluate(qrels: &Qrels, run: &Run) -> Evaluation {
     let mut evaluation = Evaluation::default();

@@ -20,13 +20,13 @@
 //!   relevant document count, with every measure 0.
 //!
 //! ```rust
-//! use dear_tantivy::eval::{evaluate, Qrels, Run};
+//! use dear_core::eval::{evaluate, Qrels, Run};
 //!
 //! let qrels: Qrels = "q1\td1\t2\n".parse()?;
 //! let mut run = Run::new();
 //! run.insert("q1", vec![("d1".to_owned(), 3.0), ("d2".to_owned(), 1.0)])?;
 //! assert_eq!(evaluate(&qrels, &run).mean.ndcg_at_10, 1.0);
-//! # Ok::<(), dear_tantivy::eval::EvalError>(())
+//! # Ok::<(), dear_core::eval::EvalError>(())
 //! ```
 
 mod error;

@@ -294,7 +294,7 @@ mod tests {
         assert!(scorer.model().llama().score_labels(None).is_some());
         let via_recipe = scorer.score(&query, &passages)?;
         let lm = LanguageModel::load(
-            &golden("models/tiny-gqa"),
+            golden("models/tiny-gqa"),
             &LoadOptions::default().with_adapter(golden("lora/seqcls-a"), AdapterMode::Merged),
         )?;
         let direct = PointwiseScorer::new(Arc::new(lm), None, PointwiseConfig::classifier())?
