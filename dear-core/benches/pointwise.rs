@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use dear_core::{
     Batch, ForwardOptions, KvCache, LanguageModel, LoadOptions, Outputs, Passage, PointwiseConfig,
-    PointwiseScorer, Query, Reranker,
+    PointwiseScorer, Query, Scheduler,
 };
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -137,7 +137,7 @@ fn main() -> Res<()> {
 
     // Four callers with 25 passages each: one after another, then all at once through
     // the scheduler thread (their passages share batches).
-    let reranker = Arc::new(Reranker::from_scorer(scorer)?);
+    let scheduler = Arc::new(Scheduler::from_scorer(scorer)?);
     let queries = [
         "Cellular aging closely links to an older appearance.",
         "What causes the skin to wrinkle with age?",
@@ -146,7 +146,7 @@ fn main() -> Res<()> {
     ];
     let serial = best_of(runs, || {
         for (i, q) in queries.iter().enumerate() {
-            reranker.score(&Query::new(*q), &passages[i * 25..(i + 1) * 25])?;
+            scheduler.score(&Query::new(*q), &passages[i * 25..(i + 1) * 25], None)?;
         }
         Ok(())
     })?;
@@ -155,10 +155,10 @@ fn main() -> Res<()> {
             .iter()
             .enumerate()
             .map(|(i, q)| {
-                let r = reranker.clone();
+                let r = scheduler.clone();
                 let p = passages[i * 25..(i + 1) * 25].to_vec();
                 let q = Query::new(*q);
-                std::thread::spawn(move || r.score(&q, &p).map(|_| ()))
+                std::thread::spawn(move || r.score(&q, &p, None).map(|_| ()))
             })
             .collect();
         for h in handles {

@@ -17,7 +17,8 @@ use std::time::Instant;
 
 use common::{Collection, Res};
 use dear_core::{
-    LanguageModel, ListwiseConfig, ListwiseMode, ListwiseReranker, LoadOptions, Query,
+    LanguageModel, ListwiseConfig, ListwiseMode, ListwiseOptions, ListwiseRanker, LoadOptions,
+    Query,
 };
 
 fn main() -> Res<()> {
@@ -59,12 +60,16 @@ fn main() -> Res<()> {
             max_new_tokens: 128,
             ..ListwiseConfig::default()
         };
-        let r = ListwiseReranker::new(lm.clone(), None, cfg)?;
+        let r = ListwiseRanker::new(lm.clone(), None, cfg)?;
         let (mut sum, mut unparsed, mut generated) = (0.0, 0, 0);
         let started = Instant::now();
         for ((qid, text), pool) in queries.iter().zip(&pools) {
             let passages: Vec<_> = pool.iter().map(|&i| c.passage(i)).collect();
-            let out = r.rerank(&Query::new(text.clone()), &passages)?;
+            let out = r.rank(
+                &Query::new(text.clone()),
+                &passages,
+                &ListwiseOptions::default(),
+            )?;
             unparsed += out.windows.iter().filter(|w| w.parsed_ids == 0).count();
             generated += out
                 .windows

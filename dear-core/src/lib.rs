@@ -13,10 +13,7 @@
 //! # Example
 //! ```no_run
 //! use dear_core::{GenerateOptions, LanguageModel, LoadOptions};
-//! let lm = LanguageModel::load(
-//!     &dear_core::default_model_path().to_string_lossy(),
-//!     &LoadOptions::default(),
-//! )?;
+//! let lm = LanguageModel::load(dear_core::default_model_path(), &LoadOptions::default())?;
 //! let prompt = lm.chat_prompt("What is the capital of France?")?;
 //! let answer = lm.generate(&prompt, &GenerateOptions::default().with_max_new_tokens(20), &mut |_| true)?;
 //! println!("{}", lm.tokenizer().decode(&answer.tokens, true)?);

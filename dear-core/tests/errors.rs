@@ -154,7 +154,7 @@ fn truncated_gguf_is_named() -> TestResult {
     let path = dir.path().join("cut.gguf");
     let bytes = std::fs::read(&src)?;
     std::fs::File::create(&path)?.write_all(&bytes[..4 << 20])?;
-    let err = LanguageModel::load(path, &LoadOptions::default())
+    let err = LanguageModel::load(&path, &LoadOptions::default())
         .err()
         .ok_or("loaded a truncated GGUF")?;
     assert!(matches!(err, Error::CorruptFile { .. }), "{err}");

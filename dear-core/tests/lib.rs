@@ -10,5 +10,6 @@ mod listwise;
 mod listwise_prompt;
 mod llama;
 mod lora;
+mod pipeline;
 mod smollm2;
 mod tokenizer;

@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use dear_core::{
     parse_ranking, AdapterMode, Batch, Error, GenerateOptions, LanguageModel, ListwiseConfig,
-    ListwiseMode, ListwisePrompt, ListwiseReranker, LoadOptions, Outputs, Passage, Query,
-    WindowConfig,
+    ListwiseMode, ListwiseOptions, ListwisePrompt, ListwiseRanker, LoadOptions, Outputs, Passage,
+    Query, StageFailure, WindowConfig,
 };
 
 use crate::common::{default_model, fixture, floats, ids, max_abs_diff, TestResult};
@@ -53,8 +53,8 @@ fn every_mode_returns_a_permutation() -> TestResult {
             ListwiseMode::Constrained,
             ListwiseMode::FirstToken,
         ] {
-            let r = ListwiseReranker::new(lm.clone(), None, config(mode, prompt))?;
-            let out = r.rerank(&query, &docs)?;
+            let r = ListwiseRanker::new(lm.clone(), None, config(mode, prompt))?;
+            let out = r.rank(&query, &docs, &ListwiseOptions::default())?;
             assert!(
                 out.failure.is_none(),
                 "{mode:?} {prompt:?}: {:?}",
@@ -106,8 +106,12 @@ fn windows_slide_over_long_lists() -> TestResult {
         window: WindowConfig::dear_eval(),
         ..ListwiseConfig::default()
     };
-    let r = ListwiseReranker::new(lm, None, cfg)?;
-    let out = r.rerank(&Query::new("capital of France"), &docs)?;
+    let r = ListwiseRanker::new(lm, None, cfg)?;
+    let out = r.rank(
+        &Query::new("capital of France"),
+        &docs,
+        &ListwiseOptions::default(),
+    )?;
     assert!(is_permutation(&out.order, 30));
     let spans: Vec<(usize, usize)> = out.windows.iter().map(|w| (w.start, w.end)).collect();
     assert_eq!(spans, vec![(10, 30), (0, 20)]);
@@ -117,23 +121,29 @@ fn windows_slide_over_long_lists() -> TestResult {
 #[test]
 fn small_and_empty_inputs() -> TestResult {
     let lm = Arc::new(default_model());
-    let r = ListwiseReranker::new(
+    let r = ListwiseRanker::new(
         lm,
         None,
         config(ListwiseMode::Generate, ListwisePrompt::RankLlm),
     )?;
     let q = Query::new("capital of France");
-    assert_eq!(r.rerank(&q, &[])?.order, Vec::<usize>::new());
-    let one = r.rerank(&q, &passages(1))?;
+    assert_eq!(
+        r.rank(&q, &[], &ListwiseOptions::default())?.order,
+        Vec::<usize>::new()
+    );
+    let one = r.rank(&q, &passages(1), &ListwiseOptions::default())?;
     assert_eq!(one.order, vec![0]);
     assert!(one.windows.is_empty(), "no model call for one passage");
     let empty_text = vec![
         Passage::new(""),
         Passage::new("Paris is the capital of France."),
     ];
-    assert!(is_permutation(&r.rerank(&q, &empty_text)?.order, 2));
+    assert!(is_permutation(
+        &r.rank(&q, &empty_text, &ListwiseOptions::default())?.order,
+        2
+    ));
     assert!(matches!(
-        r.rerank(&Query::new(" "), &passages(2)),
+        r.rank(&Query::new(" "), &passages(2), &ListwiseOptions::default()),
         Err(Error::EmptyInput(_))
     ));
     Ok(())
@@ -142,27 +152,25 @@ fn small_and_empty_inputs() -> TestResult {
 #[test]
 fn failures_keep_the_incoming_order() -> TestResult {
     let lm = Arc::new(default_model());
-    let r = ListwiseReranker::new(
+    let r = ListwiseRanker::new(
         lm.clone(),
         None,
         config(ListwiseMode::Generate, ListwisePrompt::RankLlm),
     )?;
     let docs = passages(5);
-    let out = r.rerank_until(
+    let out = r.rank(
         &Query::new("capital of France"),
         &docs,
-        Some(Instant::now()),
+        &ListwiseOptions::default().with_deadline(Instant::now()),
     )?;
     assert_eq!(out.order, vec![0, 1, 2, 3, 4]);
     assert!(
-        out.failure
-            .as_deref()
-            .is_some_and(|f| f.contains("deadline")),
+        matches!(out.failure, Some(StageFailure::Deadline { .. })),
         "{:?}",
         out.failure
     );
     // An adapter that is not loaded is refused up front.
-    let err = ListwiseReranker::new(lm, Some("missing"), ListwiseConfig::default()).err();
+    let err = ListwiseRanker::new(lm, Some("missing"), ListwiseConfig::default()).err();
     assert!(matches!(err, Some(Error::InvalidArgument(_))), "{err:?}");
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use dear_core::{
     AdapterMode, Batch, Error, LanguageModel, LoadOptions, Outputs, Passage, PointwiseConfig,
-    PointwiseScorer, Quantization, Query, Reranker,
+    PointwiseScorer, Quantization, Query, Scheduler,
 };
 
 use crate::common::{fixture, floats, ids, max_abs_diff, TestResult};
@@ -207,22 +207,22 @@ fn batching_strategies_agree() -> TestResult {
     let unshared = PointwiseScorer::new(lm.clone(), None, cfg.clone())?;
     cfg.max_batch_tokens = 1; // one passage per batch
     let one_by_one = PointwiseScorer::new(lm.clone(), None, cfg)?;
-    let reranker = Arc::new(Reranker::new(lm, None, PointwiseConfig::classifier())?);
+    let scheduler = Arc::new(Scheduler::new(lm, None, PointwiseConfig::classifier())?);
     for q in &queries {
         let a = shared.score(q, &passages)?;
         let b = unshared.score(q, &passages)?;
         let c = one_by_one.score(q, &passages)?;
         assert!(max_abs_diff(&a, &b) < 1e-5, "shared vs unshared");
         assert!(max_abs_diff(&a, &c) < 1e-5, "packed vs one by one");
-        let serial = reranker.score(q, &passages)?;
+        let serial = scheduler.score(q, &passages, None)?.scores;
         assert!(max_abs_diff(&a, &serial) < 1e-5, "scheduler vs direct");
     }
     let handles: Vec<_> = (0..8)
         .map(|i| {
-            let r = reranker.clone();
+            let r = scheduler.clone();
             let q = queries[i % queries.len()].clone();
             let p = passages.clone();
-            std::thread::spawn(move || r.score(&q, &p).map(|s| (i, s)))
+            std::thread::spawn(move || r.score(&q, &p, None).map(|s| (i, s.scores)))
         })
         .collect();
     for h in handles {
@@ -355,16 +355,25 @@ fn bad_adapters_and_inputs_are_refused() -> TestResult {
     // Empty query; zero passages; empty passage text; a 1 MB passage (truncated, not an error).
     let seq = base_copy(&lora_dir("tiny-seqcls"));
     let lm = Arc::new(LanguageModel::load(seq.path(), &LoadOptions::default())?);
-    let reranker = Reranker::new(lm, None, PointwiseConfig::classifier())?;
+    let scheduler = Scheduler::new(lm, None, PointwiseConfig::classifier())?;
     assert!(matches!(
-        reranker.score(&Query::new("  "), &[Passage::new("x")]),
+        scheduler.score(&Query::new("  "), &[Passage::new("x")], None),
         Err(Error::EmptyInput(_))
     ));
-    assert!(reranker.score(&Query::new("q"), &[])?.is_empty());
+    assert!(scheduler
+        .score(&Query::new("q"), &[], None)?
+        .scores
+        .is_empty());
     let huge = "lorem ipsum ".repeat(90_000);
-    let s = reranker.score(&Query::new("q"), &[Passage::new(""), Passage::new(huge)])?;
+    let s = scheduler
+        .score(
+            &Query::new("q"),
+            &[Passage::new(""), Passage::new(huge)],
+            None,
+        )?
+        .scores;
     assert!(s.iter().all(|x| x.is_finite()), "{s:?}");
-    let enc = reranker.scorer().encode(
+    let enc = scheduler.scorer().encode(
         &Query::new("q"),
         &[Passage::new("lorem ipsum ".repeat(90_000))],
     )?;
@@ -376,19 +385,25 @@ fn bad_adapters_and_inputs_are_refused() -> TestResult {
 fn deadline_is_honoured() -> TestResult {
     let seq = base_copy(&lora_dir("tiny-seqcls"));
     let lm = Arc::new(LanguageModel::load(seq.path(), &LoadOptions::default())?);
-    let reranker = Reranker::new(lm, None, PointwiseConfig::classifier())?;
+    let scheduler = Scheduler::new(lm, None, PointwiseConfig::classifier())?;
     let passages: Vec<Passage> = (0..64)
         .map(|i| Passage::new(format!("passage {i} ").repeat(40)))
         .collect();
     let past = std::time::Instant::now();
-    let err = reranker
-        .score_until(&Query::new("q"), &passages, Some(past))
+    let err = scheduler
+        .score(&Query::new("q"), &passages, Some(past))
         .err();
     assert!(
         matches!(err, Some(Error::DeadlineExceeded { .. })),
         "{err:?}"
     );
     // The scorer is still usable afterwards.
-    assert_eq!(reranker.score(&Query::new("q"), &passages[..2])?.len(), 2);
+    assert_eq!(
+        scheduler
+            .score(&Query::new("q"), &passages[..2], None)?
+            .scores
+            .len(),
+        2
+    );
     Ok(())
 }

@@ -326,6 +326,7 @@ impl Reranker {
         let mut best_chunks: Vec<Option<ChunkSpan>> = vec![None; n];
         let mut pointwise_ok = false;
         let mut pw = StageReport::new(Stage::Pointwise);
+        let mut pw_ran = false;
         let t = Instant::now();
         match (&self.pointwise, options.stages().pointwise) {
             (_, false) => pw.status = StageStatus::Skipped("not requested".into()),
@@ -339,6 +340,7 @@ impl Reranker {
                 })
             }
             (Some(stage), true) => {
+                pw_ran = true;
                 match self.run_pointwise(
                     stage.as_ref(),
                     &query_struct,
@@ -362,15 +364,21 @@ impl Reranker {
             }
         }
         pw.elapsed = t.elapsed();
+        // A stage the deadline stopped ran for the stage's whole time; one it kept from
+        // starting keeps its zero.
         if let StageStatus::Failed(StageFailure::Deadline { elapsed }) = &mut pw.status {
-            *elapsed = pw.elapsed;
+            if pw_ran {
+                *elapsed = pw.elapsed;
+            }
         }
         let pointwise_order = order.clone();
 
         // Listwise: the top of the current order.
         let depth = options.listwise_depth().min(n);
         let mut lw = StageReport::new(Stage::Listwise);
-        let mut listwise_done = 0;
+        let mut lw_ran = false;
+        // The listwise order stands over ranks `listwise_from..listwise_to`.
+        let (mut listwise_from, mut listwise_to) = (0, 0);
         let t = Instant::now();
         match (&self.listwise, options.stages().listwise) {
             (_, false) => lw.status = StageStatus::Skipped("not requested".into()),
@@ -384,6 +392,7 @@ impl Reranker {
                 })
             }
             (Some(stage), true) => {
+                lw_ran = true;
                 let top: Vec<Passage> = order[..depth]
                     .iter()
                     .map(|&i| passages[i].clone())
@@ -397,10 +406,10 @@ impl Reranker {
                     deadline,
                     &mut lw,
                 );
-                if let Some(perm) = perm {
+                if let Some((perm, from)) = perm {
                     let head: Vec<usize> = perm.iter().map(|&k| order[k]).collect();
                     order[..depth].copy_from_slice(&head);
-                    listwise_done = depth;
+                    (listwise_from, listwise_to) = (from.min(depth), depth);
                 }
                 lw.status = match failure {
                     None => StageStatus::Completed,
@@ -410,10 +419,13 @@ impl Reranker {
         }
         lw.elapsed = t.elapsed();
         if let StageStatus::Failed(StageFailure::Deadline { elapsed }) = &mut lw.status {
-            *elapsed = lw.elapsed;
+            if lw_ran {
+                *elapsed = lw.elapsed;
+            }
         }
-        // A listwise pass that stopped early still placed the windows it finished.
-        let listwise_placed = listwise_done > 0;
+        // A listwise pass that stopped early still placed the windows it finished (the
+        // ranks above them kept the order before it).
+        let listwise_ranks = listwise_from..listwise_to;
 
         // Assemble: the reranked candidates, then the rest in first-stage order.
         let mut pointwise_rank = vec![None; n];
@@ -432,16 +444,13 @@ impl Reranker {
             }
         };
         let mut relevances: Vec<f32> = order.iter().map(|&i| relevance(raw(i))).collect();
-        if listwise_placed {
-            let head = &mut relevances[..depth];
-            head.sort_by(|a, b| b.total_cmp(a));
-        }
+        relevances[listwise_ranks.clone()].sort_by(|a, b| b.total_cmp(a));
         let mut passages: Vec<Option<Passage>> = passages.into_iter().map(Some).collect();
         let mut slots: Vec<Option<Candidate<H>>> = candidates.into_iter().map(Some).collect();
         let mut hits = Vec::with_capacity(total);
         for (r, &i) in order.iter().enumerate() {
             let Some(c) = slots[i].take() else { continue };
-            let in_listwise = listwise_placed && r < depth;
+            let in_listwise = listwise_ranks.contains(&r);
             let in_pointwise = pointwise_ok && i < n;
             hits.push(RerankedHit {
                 handle: c.handle,
@@ -629,8 +638,10 @@ impl Reranker {
             .collect())
     }
 
-    /// The listwise permutation of `top` (positions into it), if the stage gave one
-    /// (also when it stopped early: the finished windows' work), and why it failed.
+    /// The listwise permutation of `top` (positions into it) and the first rank its
+    /// order placed, if the stage gave one (also when it stopped early: the work of the
+    /// windows it finished, which placed the ranks from the highest of them down), and
+    /// why it failed.
     fn run_listwise(
         &self,
         stage: &dyn ListwiseStage,
@@ -639,7 +650,7 @@ impl Reranker {
         options: &RerankOptions,
         deadline: Option<Instant>,
         report: &mut StageReport,
-    ) -> (Option<Vec<usize>>, Option<StageFailure>) {
+    ) -> (Option<(Vec<usize>, usize)>, Option<StageFailure>) {
         let started = Instant::now();
         let window = options.window_config();
         let key = Key::of(&[
@@ -650,7 +661,7 @@ impl Reranker {
         ]);
         if let Some(order) = self.cache.listwise(&key) {
             report.cached = top.len();
-            return (Some(order), None);
+            return (Some((order, 0)), None);
         }
         let call = ListwiseOptions {
             mode: options.listwise_mode(),
@@ -685,9 +696,17 @@ impl Reranker {
             );
         }
         if let Some(why) = outcome.failure {
-            // Stopped early: the finished windows' order stands, uncached.
-            let moved = outcome.order.iter().enumerate().any(|(i, &k)| i != k);
-            return (moved.then_some(outcome.order), Some(why));
+            // Stopped early: the order of the windows that gave a ranking stands over
+            // the ranks they reached (and anything the stage moved), uncached.
+            let moved = outcome.order.iter().enumerate().position(|(i, &k)| i != k);
+            let from = outcome
+                .windows
+                .iter()
+                .filter(|w| w.failure.is_none())
+                .map(|w| w.start)
+                .chain(moved)
+                .min();
+            return (from.map(|from| (outcome.order, from)), Some(why));
         }
         if !outcome.windows.is_empty() && outcome.windows.iter().all(|w| w.failure.is_some()) {
             report.notes.clear();
@@ -704,7 +723,7 @@ impl Reranker {
             );
         }
         self.cache.put_listwise(key, outcome.order.clone());
-        (Some(outcome.order), None)
+        (Some((outcome.order, 0)), None)
     }
 }
 
@@ -750,7 +769,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
-    use crate::{Error as CoreError, ListwiseOutcome, Scored, Stages};
+    use crate::{Error as CoreError, ListwiseOutcome, Scored, Stages, WindowReport};
 
     use super::*;
 
@@ -801,13 +820,11 @@ mod tests {
         fn key(&self) -> String {
             "failing".into()
         }
-        fn rerank(
+        fn rank(
             &self,
             _: &Query,
             _: &[Passage],
-            _: Option<ListwiseMode>,
-            _: &WindowConfig,
-            _: Option<Instant>,
+            _: &ListwiseOptions,
         ) -> crate::Result<ListwiseOutcome> {
             Err(CoreError::InvalidArgument(
                 "the listwise model is broken".into(),
@@ -839,23 +856,25 @@ mod tests {
         fn key(&self) -> String {
             "reverse".into()
         }
-        fn rerank(
+        fn rank(
             &self,
             _: &Query,
             p: &[Passage],
-            _: Option<ListwiseMode>,
-            window: &WindowConfig,
-            deadline: Option<Instant>,
+            options: &ListwiseOptions,
         ) -> crate::Result<ListwiseOutcome> {
+            let window = options.window.unwrap_or_default();
             assert_eq!(window.rank_end, p.len().max(window.rank_end));
             if self.sleep_past_deadline {
-                if let Some(d) = deadline {
+                let started = Instant::now();
+                if let Some(d) = options.deadline {
                     std::thread::sleep(d.saturating_duration_since(Instant::now()));
                 }
                 return Ok(ListwiseOutcome {
                     order: (0..p.len()).collect(),
                     windows: Vec::new(),
-                    failure: Some("deadline exceeded in window 0..3".into()),
+                    failure: Some(StageFailure::Deadline {
+                        elapsed: started.elapsed(),
+                    }),
                 });
             }
             Ok(ListwiseOutcome {
@@ -866,20 +885,20 @@ mod tests {
         }
     }
 
-    /// Candidates "d0".."d{n-1}" in BM25 order, with the given texts.
+    /// Candidates "d0".."d{n-1}" in first-stage order, with the given texts.
     fn candidates(texts: &[&str]) -> Vec<Candidate> {
         texts
             .iter()
             .enumerate()
             .map(|(i, t)| Candidate {
-                address: None,
+                handle: (),
                 passage: Passage::new(*t).with_id(format!("d{i}")),
                 score: (texts.len() - i) as f32,
             })
             .collect()
     }
 
-    fn ids(r: &RerankedResults) -> Vec<&str> {
+    fn ids<H>(r: &RerankedResults<H>) -> Vec<&str> {
         r.hits.iter().map(|h| h.id()).collect()
     }
 
@@ -887,10 +906,15 @@ mod tests {
         Box::leak(Box::new(t))
     }
 
+    /// The failure of `stage`, if it failed.
+    fn failure_of<H>(r: &RerankedResults<H>, stage: Stage) -> Option<&StageFailure> {
+        r.report.stage(stage).and_then(StageReport::failure)
+    }
+
     #[test]
     fn listwise_top_then_pointwise_order() -> crate::Result<()> {
         let scorer = leak(NumberScorer::new());
-        let r = DearReranker::new()
+        let r = Reranker::new()
             .with_pointwise(scorer)
             .with_listwise(Reverse {
                 sleep_past_deadline: false,
@@ -908,7 +932,7 @@ mod tests {
         let d3 = &out.hits[0];
         assert_eq!(
             (
-                d3.bm25_rank,
+                d3.first_rank,
                 d3.pointwise_rank,
                 d3.listwise_position,
                 d3.final_rank
@@ -920,7 +944,7 @@ mod tests {
         let pw = out
             .report
             .stage(Pointwise)
-            .ok_or(crate::Error::InvalidOption("no report".into()))?;
+            .ok_or(CoreError::Internal("no report".into()))?;
         assert_eq!((pw.passages, pw.tokens, pw.cached), (5, 15, 0));
         assert_eq!(pw.status, StageStatus::Completed);
         assert_eq!(out.report.failures().count(), 0);
@@ -929,68 +953,87 @@ mod tests {
 
     #[test]
     fn failing_stages_keep_the_previous_order_and_say_why() -> crate::Result<()> {
-        let r = DearReranker::new()
+        let r = Reranker::new()
             .with_pointwise(Failing)
             .with_listwise(Failing);
         let out = r.rerank("q", candidates(&["1", "5", "3"]), &RerankOptions::default())?;
         assert_eq!(ids(&out), ["d0", "d1", "d2"]);
-        assert!(out.hits.iter().all(|h| h.placed_by == Stage::Bm25));
+        assert!(out.hits.iter().all(|h| h.placed_by == Stage::First));
         assert!(out.hits.iter().all(|h| h.pointwise_score.is_none()));
-        let failures: Vec<(Stage, &str)> = out.report.failures().collect();
+        let failures: Vec<(Stage, &StageFailure)> = out.report.failures().collect();
         assert_eq!(failures.len(), 2);
         assert!(
-            failures[0].1.contains("the scorer is broken"),
+            matches!(
+                failures[0],
+                (Stage::Pointwise, StageFailure::Model(e))
+                    if matches!(e.as_ref(), CoreError::InvalidArgument(m) if m == "the scorer is broken")
+            ),
             "{failures:?}"
         );
         assert!(
-            failures[1].1.contains("the listwise model is broken"),
+            matches!(
+                failures[1],
+                (Stage::Listwise, StageFailure::Model(e))
+                    if matches!(e.as_ref(), CoreError::InvalidArgument(m) if m == "the listwise model is broken")
+            ),
             "{failures:?}"
         );
 
         // A failed pointwise stage does not stop a working listwise one.
-        let r = DearReranker::new()
+        let r = Reranker::new()
             .with_pointwise(Short)
             .with_listwise(Reverse {
                 sleep_past_deadline: false,
             });
         let out = r.rerank("q", candidates(&["1", "5", "3"]), &RerankOptions::default())?;
         assert_eq!(ids(&out), ["d2", "d1", "d0"]);
-        let why = out
-            .report
-            .stage(Stage::Pointwise)
-            .and_then(|s| s.failure())
-            .unwrap_or("");
-        assert!(why.contains("1 scores for 3 passages"), "{why}");
+        let why = failure_of(&out, Stage::Pointwise);
+        assert!(
+            matches!(
+                why,
+                Some(StageFailure::InvalidOutput(m))
+                    if m == "the pointwise stage returned 1 scores for 3 passages"
+            ),
+            "{why:?}"
+        );
         Ok(())
     }
 
-    /// Writes no ranking in any window.
-    struct Mute;
+    /// Writes no ranking in any window: `windows` windows over the list, all
+    /// unparseable.
+    struct Mute {
+        windows: usize,
+    }
 
     impl ListwiseStage for Mute {
         fn key(&self) -> String {
             "mute".into()
         }
-        fn rerank(
+        fn rank(
             &self,
             _: &Query,
             p: &[Passage],
-            _: Option<ListwiseMode>,
-            _: &WindowConfig,
-            _: Option<Instant>,
+            _: &ListwiseOptions,
         ) -> crate::Result<ListwiseOutcome> {
+            let report = |start: usize, end: usize| WindowReport {
+                start,
+                end,
+                raw: "I cannot rank these.".into(),
+                reasoning: None,
+                parsed_ids: 0,
+                prompt_tokens: 10,
+                generated_tokens: 5,
+                failure: Some(StageFailure::Unparseable {
+                    start,
+                    end,
+                    output: "I cannot rank these.".into(),
+                }),
+            };
             Ok(ListwiseOutcome {
                 order: (0..p.len()).collect(),
-                windows: vec![crate::WindowReport {
-                    start: 0,
-                    end: p.len(),
-                    raw: "I cannot rank these.".into(),
-                    reasoning: None,
-                    parsed_ids: 0,
-                    prompt_tokens: 10,
-                    generated_tokens: 5,
-                    failure: Some("no parseable id in the output".into()),
-                }],
+                windows: (0..self.windows)
+                    .map(|k| report(self.windows - 1 - k, p.len()))
+                    .collect(),
                 failure: None,
             })
         }
@@ -999,28 +1042,66 @@ mod tests {
     #[test]
     fn a_listwise_pass_without_any_ranking_is_a_failure() -> crate::Result<()> {
         let scorer = leak(NumberScorer::new());
-        let r = DearReranker::new()
+        let r = Reranker::new()
             .with_pointwise(scorer)
-            .with_listwise(Mute);
+            .with_listwise(Mute { windows: 1 });
         let out = r.rerank("q", candidates(&["1", "5", "3"]), &RerankOptions::default())?;
         assert_eq!(ids(&out), ["d1", "d2", "d0"]);
         assert!(out.hits.iter().all(|h| h.placed_by == Stage::Pointwise));
-        let why = out
+        let why = failure_of(&out, Stage::Listwise);
+        let Some(StageFailure::NoRanking { windows, first }) = why else {
+            panic!("not a NoRanking failure: {why:?}");
+        };
+        assert_eq!(*windows, 1);
+        assert_eq!(
+            **first,
+            StageFailure::Unparseable {
+                start: 0,
+                end: 3,
+                output: "I cannot rank these.".into()
+            }
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn every_window_unparseable_is_no_ranking_with_the_first_failure() -> crate::Result<()> {
+        let scorer = leak(NumberScorer::new());
+        let r = Reranker::new()
+            .with_pointwise(scorer)
+            .with_listwise(Mute { windows: 2 });
+        let out = r.rerank("q", candidates(&["1", "5", "3"]), &RerankOptions::default())?;
+        // The pointwise order stands.
+        assert_eq!(ids(&out), ["d1", "d2", "d0"]);
+        assert!(out.hits.iter().all(|h| h.placed_by == Stage::Pointwise));
+        let lw = out
             .report
             .stage(Stage::Listwise)
-            .and_then(|s| s.failure())
-            .unwrap_or("");
-        assert!(
-            why.contains("no window produced a ranking") && why.contains("no parseable id"),
-            "{why}"
-        );
+            .ok_or(CoreError::Internal("no report".into()))?;
+        // The first window that ran (1..3) is the one kept.
+        match lw.failure() {
+            Some(StageFailure::NoRanking { windows: 2, first }) => assert!(
+                matches!(
+                    first.as_ref(),
+                    StageFailure::Unparseable { start: 1, end: 3, output } if output == "I cannot rank these."
+                ),
+                "{first:?}"
+            ),
+            other => panic!("not a NoRanking failure over 2 windows: {other:?}"),
+        }
+        // Each window's own failure is in the report too.
+        assert_eq!(lw.window_failures.len(), 2);
+        assert!(lw
+            .window_failures
+            .iter()
+            .all(|f| matches!(f, StageFailure::Unparseable { .. })));
         Ok(())
     }
 
     #[test]
     fn a_stage_past_its_deadline_keeps_the_order_before_it() -> crate::Result<()> {
         let scorer = leak(NumberScorer::new());
-        let r = DearReranker::new()
+        let r = Reranker::new()
             .with_pointwise(scorer)
             .with_listwise(Reverse {
                 sleep_past_deadline: true,
@@ -1030,28 +1111,31 @@ mod tests {
         // Pointwise finished in time; listwise ran out and kept the pointwise order.
         assert_eq!(ids(&out), ["d1", "d2", "d0"]);
         assert!(out.hits.iter().all(|h| h.placed_by == Stage::Pointwise));
-        let why = out
-            .report
-            .stage(Stage::Listwise)
-            .and_then(|s| s.failure())
-            .unwrap_or("");
-        assert!(why.contains("deadline"), "{why}");
+        let why = failure_of(&out, Stage::Listwise);
+        assert!(
+            matches!(why, Some(StageFailure::Deadline { elapsed }) if !elapsed.is_zero()),
+            "{why:?}"
+        );
         // A deadline already past fails the model stages before they start.
         let opts = RerankOptions::default().with_deadline(Instant::now());
         let out = r.rerank("q", candidates(&["1", "5", "3"]), &opts)?;
-        let why = out
-            .report
-            .stage(Stage::Listwise)
-            .and_then(|s| s.failure())
-            .unwrap_or("");
-        assert!(why.contains("deadline passed before"), "{why}");
+        assert_eq!(ids(&out), ["d0", "d1", "d2"]);
+        for stage in [Stage::Pointwise, Stage::Listwise] {
+            assert_eq!(
+                failure_of(&out, stage),
+                Some(&StageFailure::Deadline {
+                    elapsed: Duration::ZERO
+                }),
+                "{stage}"
+            );
+        }
         Ok(())
     }
 
     #[test]
     fn repeated_queries_come_from_the_cache() -> crate::Result<()> {
         let scorer = leak(NumberScorer::new());
-        let r = DearReranker::new().with_pointwise(scorer);
+        let r = Reranker::new().with_pointwise(scorer);
         let opts = RerankOptions::default();
         let first = r.rerank("q", candidates(&["1", "5", "3"]), &opts)?;
         let again = r.rerank("q", candidates(&["1", "5", "3"]), &opts)?;
@@ -1076,8 +1160,8 @@ mod tests {
     #[test]
     fn stages_can_be_switched_off_or_absent() -> crate::Result<()> {
         let scorer = leak(NumberScorer::new());
-        let r = DearReranker::new().with_pointwise(scorer);
-        let opts = RerankOptions::default().with_stages(Stages::BM25);
+        let r = Reranker::new().with_pointwise(scorer);
+        let opts = RerankOptions::default().with_stages(Stages::FIRST);
         let out = r.rerank("q", candidates(&["1", "5"]), &opts)?;
         assert_eq!(ids(&out), ["d0", "d1"]);
         assert_eq!(scorer.calls.load(Ordering::SeqCst), 0);
@@ -1088,7 +1172,7 @@ mod tests {
             Some(StageStatus::Skipped("no listwise stage configured".into()))
         );
         // Nothing to rerank is not an error.
-        let out = r.rerank("q", Vec::new(), &RerankOptions::default())?;
+        let out = r.rerank("q", Vec::<Candidate>::new(), &RerankOptions::default())?;
         assert!(out.hits.is_empty());
         Ok(())
     }
@@ -1100,5 +1184,323 @@ mod tests {
         assert_eq!(cut.title.as_deref(), Some("a title"));
         assert_eq!(cut.text, "one");
         assert!(note.is_some_and(|n| n.contains("by words")));
+    }
+
+    // --- Typed failures, one per kind, each keeping the previous order. ---
+
+    /// A pointwise stage that works for `work`, then gives up like a real one when
+    /// the deadline has passed (and scores by number otherwise).
+    struct Slow {
+        work: Duration,
+    }
+
+    impl PointwiseStage for Slow {
+        fn key(&self) -> String {
+            "slow".into()
+        }
+        fn score(
+            &self,
+            _: &Query,
+            p: &[Passage],
+            deadline: Option<Instant>,
+        ) -> crate::Result<Scored> {
+            let started = Instant::now();
+            std::thread::sleep(self.work);
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(CoreError::DeadlineExceeded {
+                    what: "slow scoring".into(),
+                    elapsed_ms: started.elapsed().as_millis(),
+                });
+            }
+            Ok(Scored {
+                scores: p
+                    .iter()
+                    .map(|p| p.text.parse::<f32>().unwrap_or(0.0))
+                    .collect(),
+                tokens: 0,
+            })
+        }
+    }
+
+    #[test]
+    fn a_deadline_mid_stage_is_a_deadline_failure_with_the_time_spent() -> crate::Result<()> {
+        let r = Reranker::new()
+            .with_pointwise(Slow {
+                work: Duration::from_millis(60),
+            })
+            .with_listwise(Reverse {
+                sleep_past_deadline: false,
+            });
+        let opts = RerankOptions::default().with_timeout(Duration::from_millis(20));
+        let out = r.rerank("q", candidates(&["1", "5", "3"]), &opts)?;
+        // Neither stage placed anything: the first-stage order stands.
+        assert_eq!(ids(&out), ["d0", "d1", "d2"]);
+        assert!(out.hits.iter().all(|h| h.placed_by == Stage::First));
+        assert!(out.hits.iter().all(|h| h.pointwise_score.is_none()));
+        // The pointwise stage ran for its whole 60 ms before it gave up.
+        match failure_of(&out, Stage::Pointwise) {
+            Some(StageFailure::Deadline { elapsed }) => {
+                assert!(*elapsed >= Duration::from_millis(60), "{elapsed:?}")
+            }
+            other => panic!("not a deadline failure: {other:?}"),
+        }
+        // The listwise stage never started: its deadline failure took no time.
+        assert_eq!(
+            failure_of(&out, Stage::Listwise),
+            Some(&StageFailure::Deadline {
+                elapsed: Duration::ZERO
+            })
+        );
+        // With time enough, the same stage scores.
+        let opts = RerankOptions::default()
+            .with_timeout(Duration::from_secs(30))
+            .with_stages("pointwise".parse()?);
+        let out = r.rerank("q", candidates(&["1", "5", "3"]), &opts)?;
+        assert_eq!(ids(&out), ["d1", "d2", "d0"]);
+        assert_eq!(out.report.failures().count(), 0);
+        Ok(())
+    }
+
+    /// A pointwise stage that returns the error `make` gives.
+    struct Erring(fn() -> CoreError);
+
+    impl PointwiseStage for Erring {
+        fn key(&self) -> String {
+            "erring".into()
+        }
+        fn score(&self, _: &Query, _: &[Passage], _: Option<Instant>) -> crate::Result<Scored> {
+            Err((self.0)())
+        }
+    }
+
+    #[test]
+    fn model_errors_keep_their_error_variant() -> crate::Result<()> {
+        let r = Reranker::new().with_pointwise(Erring(|| {
+            CoreError::EmptyInput("the query is empty".into())
+        }));
+        let out = r.rerank("q", candidates(&["1", "5", "3"]), &RerankOptions::default())?;
+        assert_eq!(ids(&out), ["d0", "d1", "d2"]);
+        assert!(out.hits.iter().all(|h| h.placed_by == Stage::First));
+        let why = failure_of(&out, Stage::Pointwise);
+        assert!(
+            matches!(
+                why.and_then(StageFailure::model_error),
+                Some(CoreError::EmptyInput(m)) if m == "the query is empty"
+            ),
+            "{why:?}"
+        );
+        // A batch error (the scheduler shares one error among the calls of a batch)
+        // is reported as the error inside it.
+        let r = Reranker::new().with_pointwise(Erring(|| {
+            CoreError::Batch(Arc::new(CoreError::ContextOverflow {
+                what: "a sequence".into(),
+                tokens: 9000,
+                max: 8192,
+            }))
+        }));
+        let out = r.rerank("q", candidates(&["1", "5", "3"]), &RerankOptions::default())?;
+        assert_eq!(ids(&out), ["d0", "d1", "d2"]);
+        let why = failure_of(&out, Stage::Pointwise);
+        assert!(
+            matches!(
+                why.and_then(StageFailure::model_error),
+                Some(CoreError::ContextOverflow {
+                    tokens: 9000,
+                    max: 8192,
+                    ..
+                })
+            ),
+            "{why:?}"
+        );
+        Ok(())
+    }
+
+    /// A listwise stage that gives `outcome` (or the error `make` gives).
+    struct Canned(fn(usize) -> crate::Result<ListwiseOutcome>);
+
+    impl ListwiseStage for Canned {
+        fn key(&self) -> String {
+            "canned".into()
+        }
+        fn rank(
+            &self,
+            _: &Query,
+            p: &[Passage],
+            _: &ListwiseOptions,
+        ) -> crate::Result<ListwiseOutcome> {
+            (self.0)(p.len())
+        }
+    }
+
+    #[test]
+    fn cancellation_is_its_own_failure() -> crate::Result<()> {
+        let scorer = leak(NumberScorer::new());
+        // The pointwise stage cancelled: the first-stage order stands.
+        let r = Reranker::new().with_pointwise(Erring(|| CoreError::Cancelled));
+        let out = r.rerank("q", candidates(&["1", "5", "3"]), &RerankOptions::default())?;
+        assert_eq!(ids(&out), ["d0", "d1", "d2"]);
+        assert_eq!(
+            failure_of(&out, Stage::Pointwise),
+            Some(&StageFailure::Cancelled)
+        );
+        // The listwise call cancelled (as an error, or as the pass's stop reason with
+        // nothing done): the pointwise order stands.
+        for stage in [
+            Canned(|_| Err(CoreError::Cancelled)),
+            Canned(|n| {
+                Ok(ListwiseOutcome {
+                    order: (0..n).collect(),
+                    windows: Vec::new(),
+                    failure: Some(StageFailure::Cancelled),
+                })
+            }),
+        ] {
+            let r = Reranker::new().with_pointwise(scorer).with_listwise(stage);
+            let out = r.rerank("q", candidates(&["1", "5", "3"]), &RerankOptions::default())?;
+            assert_eq!(ids(&out), ["d1", "d2", "d0"]);
+            assert!(out.hits.iter().all(|h| h.placed_by == Stage::Pointwise));
+            assert_eq!(
+                failure_of(&out, Stage::Listwise),
+                Some(&StageFailure::Cancelled)
+            );
+            assert_eq!(failure_of(&out, Stage::Pointwise), None);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn unusable_stage_output_is_invalid_output() -> crate::Result<()> {
+        let scorer = leak(NumberScorer::new());
+        // A NaN score.
+        struct NanScorer;
+        impl PointwiseStage for NanScorer {
+            fn key(&self) -> String {
+                "nan".into()
+            }
+            fn score(&self, _: &Query, p: &[Passage], _: Option<Instant>) -> crate::Result<Scored> {
+                Ok(Scored {
+                    scores: vec![f32::NAN; p.len()],
+                    tokens: 0,
+                })
+            }
+        }
+        let r = Reranker::new().with_pointwise(NanScorer);
+        let out = r.rerank("q", candidates(&["1", "5", "3"]), &RerankOptions::default())?;
+        assert_eq!(ids(&out), ["d0", "d1", "d2"]);
+        let why = failure_of(&out, Stage::Pointwise);
+        assert!(
+            matches!(why, Some(StageFailure::InvalidOutput(_))),
+            "{why:?}"
+        );
+        // A listwise order that is not a permutation (a duplicate), also with a stop
+        // reason: the pointwise order stands, nothing of it is used.
+        for stage in [
+            Canned(|n| {
+                Ok(ListwiseOutcome {
+                    order: vec![0; n],
+                    windows: Vec::new(),
+                    failure: None,
+                })
+            }),
+            Canned(|n| {
+                Ok(ListwiseOutcome {
+                    order: (0..n + 1).rev().collect(),
+                    windows: Vec::new(),
+                    failure: Some(StageFailure::Cancelled),
+                })
+            }),
+        ] {
+            let r = Reranker::new().with_pointwise(scorer).with_listwise(stage);
+            let out = r.rerank("q", candidates(&["1", "5", "3"]), &RerankOptions::default())?;
+            assert_eq!(ids(&out), ["d1", "d2", "d0"]);
+            assert!(out.hits.iter().all(|h| h.placed_by == Stage::Pointwise));
+            let why = failure_of(&out, Stage::Listwise);
+            assert!(
+                matches!(why, Some(StageFailure::InvalidOutput(_))),
+                "{why:?}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_listwise_pass_stopped_midway_keeps_the_windows_it_finished() -> crate::Result<()> {
+        let scorer = leak(NumberScorer::new());
+        // Over the pointwise order d1 d2 d0 (positions 0 1 2), a first window swapped
+        // positions 1 and 2, then the second window hit a model error.
+        let r = Reranker::new()
+            .with_pointwise(scorer)
+            .with_listwise(Canned(|n| {
+                assert_eq!(n, 3);
+                Ok(ListwiseOutcome {
+                    order: vec![0, 2, 1],
+                    windows: vec![WindowReport {
+                        start: 1,
+                        end: 3,
+                        raw: "[2] > [1]".into(),
+                        reasoning: None,
+                        parsed_ids: 2,
+                        prompt_tokens: 10,
+                        generated_tokens: 5,
+                        failure: None,
+                    }],
+                    failure: Some(StageFailure::Model(Arc::new(CoreError::ContextOverflow {
+                        what: "a listwise prompt".into(),
+                        tokens: 9000,
+                        max: 8192,
+                    }))),
+                })
+            }));
+        let out = r.rerank("q", candidates(&["1", "5", "3"]), &RerankOptions::default())?;
+        assert_eq!(ids(&out), ["d1", "d0", "d2"]);
+        // The finished window placed ranks 1 and 2; rank 0 kept the pointwise order.
+        let placed: Vec<(Stage, Option<usize>)> = out
+            .hits
+            .iter()
+            .map(|h| (h.placed_by, h.listwise_position))
+            .collect();
+        assert_eq!(
+            placed,
+            [
+                (Stage::Pointwise, None),
+                (Stage::Listwise, Some(2)),
+                (Stage::Listwise, Some(3))
+            ]
+        );
+        let why = failure_of(&out, Stage::Listwise);
+        assert!(
+            matches!(
+                why.and_then(StageFailure::model_error),
+                Some(CoreError::ContextOverflow { .. })
+            ),
+            "{why:?}"
+        );
+        // Relevance still never increases down the list.
+        assert!(out
+            .hits
+            .windows(2)
+            .all(|w| w[0].relevance >= w[1].relevance));
+        // A partial order is not cached: asking again calls the stage again and
+        // reports the failure again.
+        let again = r.rerank("q", candidates(&["1", "5", "3"]), &RerankOptions::default())?;
+        assert!(failure_of(&again, Stage::Listwise).is_some());
+        Ok(())
+    }
+
+    #[test]
+    fn handles_come_back_on_their_hits() -> crate::Result<()> {
+        let scorer = leak(NumberScorer::new());
+        let r = Reranker::new().with_pointwise(scorer);
+        #[derive(Clone, Debug, PartialEq)]
+        struct Row(u64);
+        let cands: Vec<Candidate<Row>> = ["1", "5", "3"]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Candidate::with_handle(Row(100 + i as u64), *t, 0.0))
+            .collect();
+        let out = r.rerank("q", cands, &RerankOptions::default())?;
+        let handles: Vec<(&Row, usize)> = out.hits.iter().map(|h| (&h.handle, h.index)).collect();
+        assert_eq!(handles, [(&Row(101), 1), (&Row(102), 2), (&Row(100), 0)]);
+        Ok(())
     }
 }

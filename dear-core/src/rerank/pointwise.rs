@@ -273,8 +273,10 @@ impl PointwiseScorer {
     }
 
     /// How many tokens of `passage.text` this scorer reads before it truncates: the
-    /// passage budget less what the input format and the title take (one token is
-    /// kept in hand for a long query's cut, see [`PointwiseScorer::encode`]).
+    /// passage budget less what the input format and the title take (with the
+    /// classifier, one token is kept in hand for a long query's cut, see
+    /// [`PointwiseScorer::encode`]; the yes/no prompt has no such cut, so an untitled
+    /// passage's first [`Chunking`](crate::Chunking) window is what truncation reads).
     ///
     /// # Errors
     /// Tokenizer errors.
@@ -282,7 +284,10 @@ impl PointwiseScorer {
         let tok = self.lm.tokenizer();
         let title = passage.title.as_deref().unwrap_or("");
         let (lead, budget) = match &self.config.head {
-            Head::Classifier => (format!("document: {title} "), self.config.p_max_len - 3),
+            Head::Classifier => (
+                format!("document: {title} "),
+                self.config.p_max_len.saturating_sub(4),
+            ),
             Head::YesNo { .. } if title.is_empty() => (String::new(), self.config.p_max_len),
             Head::YesNo { .. } => (format!("{title}\n"), self.config.p_max_len),
         };
@@ -291,7 +296,7 @@ impl PointwiseScorer {
         } else {
             tok.encode(&lead, false)?.len()
         };
-        Ok(budget.saturating_sub(lead + 1).max(1))
+        Ok(budget.saturating_sub(lead).max(1))
     }
 
     /// Builds the model input of a query and its passages.
