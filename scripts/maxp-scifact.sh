@@ -8,7 +8,7 @@
 #   QUERIES=300 CANDIDATES=100 bash scripts/maxp-scifact.sh   # every judged query
 #
 # Needs ../shared/data/scifact (or DEAR_SHARED_DIR). Prints one JSON line per setting
-# and writes the runs under target/maxp-scifact/.
+# and writes the runs under target/maxp-scifact/. DEAR_BIN=path skips the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=${DEAR_SHARED_DIR:-../shared}
@@ -16,7 +16,7 @@ dataset=$shared/data/scifact
 queries=${QUERIES:-40}
 candidates=${CANDIDATES:-20}
 model=$(bash scripts/fetch-model.sh)
-cargo build --release --locked --bin dear >&2
+if [ -z "${DEAR_BIN:-}" ]; then cargo build --release --locked --bin dear >&2; fi
 dear=${DEAR_BIN:-./target/release/dear}
 out=target/maxp-scifact
 mkdir -p "$out"

@@ -423,7 +423,7 @@ fn bad_docs_name_the_line() -> TestResult {
         b"{\"text\": \"ok\"}\n\n{\"text\": \"caf\xe9\"}\n",
     )?;
     assert!(
-        err.contains("latin1.jsonl") && err.contains("line 3") && err.contains("UTF-8"),
+        err.contains("latin1.jsonl:3:") && err.contains("UTF-8"),
         "{err}"
     );
     let err = run(
@@ -431,7 +431,7 @@ fn bad_docs_name_the_line() -> TestResult {
         b"{\"text\": \"ok\"}\n{\"id\": \"x\", \"title\": \"t\"}\n",
     )?;
     assert!(
-        err.contains("notext.jsonl") && err.contains("line 2") && err.contains("`text`"),
+        err.contains("notext.jsonl:2:") && err.contains("`text`"),
         "{err}"
     );
     let err = run(
@@ -439,12 +439,12 @@ fn bad_docs_name_the_line() -> TestResult {
         b"{\"text\": \"ok\"}\n{\"text\": \"unclosed\n",
     )?;
     assert!(
-        err.contains("line 2") && err.contains("invalid JSON"),
+        err.contains(":2:") && err.contains("invalid JSON"),
         "{err}"
     );
     let err = run("array.jsonl", b"{\"text\": \"ok\"}\n[\"text\"]\n")?;
     assert!(
-        err.contains("line 2") && err.contains("expected a JSON object"),
+        err.contains(":2:") && err.contains("expected a JSON object"),
         "{err}"
     );
     let out = dear()
@@ -952,7 +952,7 @@ fn listwise_bad_input_fails_with_a_message() -> TestResult {
     )?;
     let err = fail(&broken, &[])?;
     assert!(
-        err.contains("broken.jsonl") && err.contains("line 3") && err.contains("invalid JSON"),
+        err.contains("broken.jsonl:3:") && err.contains("invalid JSON"),
         "{err}"
     );
     let notext = write_docs(
@@ -962,7 +962,7 @@ fn listwise_bad_input_fails_with_a_message() -> TestResult {
     )?;
     let err = fail(&notext, &[])?;
     assert!(
-        err.contains("notext.jsonl") && err.contains("line 2") && err.contains("`text`"),
+        err.contains("notext.jsonl:2:") && err.contains("`text`"),
         "{err}"
     );
     // A good file reaches the model, whose absence is then the error.

@@ -300,14 +300,14 @@ mod tests {
         .map_err(|e| Error::io(&path, e))?;
         let err = read_beir_corpus(&path, |_| {}).unwrap_err().to_string();
         assert!(
-            err.contains("corpus.jsonl line 2:") && err.contains("text"),
+            err.contains("corpus.jsonl:2:") && err.contains("text"),
             "{err}"
         );
 
         std::fs::write(&path, b"{\"_id\": \"d1\", \"text\": \"\xff\"}\n")
             .map_err(|e| Error::io(&path, e))?;
         let err = read_beir_corpus(&path, |_| {}).unwrap_err().to_string();
-        assert!(err.contains(" line 1:") && err.contains("UTF-8"), "{err}");
+        assert!(err.contains(":1:") && err.contains("UTF-8"), "{err}");
         Ok(())
     }
 

@@ -133,7 +133,7 @@ pub enum Error {
     InvalidArgument(String),
 
     /// Input data (a corpus, queries, a passage file) is malformed.
-    #[error("{} line {line}: {reason}", path.display())]
+    #[error("{}:{line}: {reason}", path.display())]
     Input {
         /// The file.
         path: PathBuf,
