@@ -438,10 +438,7 @@ fn bad_docs_name_the_line() -> TestResult {
         "broken.jsonl",
         b"{\"text\": \"ok\"}\n{\"text\": \"unclosed\n",
     )?;
-    assert!(
-        err.contains(":2:") && err.contains("invalid JSON"),
-        "{err}"
-    );
+    assert!(err.contains(":2:") && err.contains("invalid JSON"), "{err}");
     let err = run("array.jsonl", b"{\"text\": \"ok\"}\n[\"text\"]\n")?;
     assert!(
         err.contains(":2:") && err.contains("expected a JSON object"),

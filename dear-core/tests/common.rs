@@ -103,3 +103,18 @@ pub fn pearson(a: &[f32], b: &[f32]) -> f64 {
     }
     ab / (aa.sqrt() * bb.sqrt())
 }
+
+/// `n` short passage texts about capitals, Paris and biology, numbered to be distinct.
+pub fn short_texts(n: usize) -> Vec<String> {
+    let texts = [
+        "Paris is the capital and most populous city of France.",
+        "The Eiffel Tower was built for the 1889 World's Fair in Paris.",
+        "Photosynthesis converts light energy into chemical energy in plants.",
+        "Berlin is the capital of Germany.",
+        "France is a country in Western Europe; its capital is Paris.",
+        "The mitochondrion is the powerhouse of the cell.",
+    ];
+    (0..n)
+        .map(|i| format!("{} ({i})", texts[i % texts.len()]))
+        .collect()
+}

@@ -9,19 +9,13 @@ use dear_core::{
     Query, StageFailure, WindowConfig,
 };
 
-use crate::common::{default_model, fixture, floats, ids, max_abs_diff, TestResult};
+use crate::common::{default_model, fixture, floats, ids, max_abs_diff, short_texts, TestResult};
 
 fn passages(n: usize) -> Vec<Passage> {
-    let texts = [
-        "Paris is the capital and most populous city of France.",
-        "The Eiffel Tower was built for the 1889 World's Fair in Paris.",
-        "Photosynthesis converts light energy into chemical energy in plants.",
-        "Berlin is the capital of Germany.",
-        "France is a country in Western Europe; its capital is Paris.",
-        "The mitochondrion is the powerhouse of the cell.",
-    ];
-    (0..n)
-        .map(|i| Passage::new(format!("{} ({i})", texts[i % texts.len()])).with_id(format!("d{i}")))
+    short_texts(n)
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| Passage::new(t).with_id(format!("d{i}")))
         .collect()
 }
 

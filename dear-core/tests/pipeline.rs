@@ -12,7 +12,7 @@ use dear_core::{
     Stages, Tokenizer, WindowConfig,
 };
 
-use crate::common::{default_model, TestResult};
+use crate::common::{default_model, short_texts, TestResult};
 
 /// The default model, loaded once for the tests of this module.
 fn model() -> Arc<LanguageModel> {
@@ -49,20 +49,6 @@ fn candidates(texts: &[String]) -> Vec<Candidate<usize>> {
                 (texts.len() - i) as f32,
             )
         })
-        .collect()
-}
-
-fn short_texts(n: usize) -> Vec<String> {
-    let texts = [
-        "Paris is the capital and most populous city of France.",
-        "The Eiffel Tower was built for the 1889 World's Fair in Paris.",
-        "Photosynthesis converts light energy into chemical energy in plants.",
-        "Berlin is the capital of Germany.",
-        "France is a country in Western Europe; its capital is Paris.",
-        "The mitochondrion is the powerhouse of the cell.",
-    ];
-    (0..n)
-        .map(|i| format!("{} ({i})", texts[i % texts.len()]))
         .collect()
 }
 
