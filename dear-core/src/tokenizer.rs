@@ -317,7 +317,7 @@ impl Tokenizer {
     /// # Errors
     ///
     /// [`Error::Io`] when the file cannot be opened, [`Error::CorruptFile`] when it is not a
-    /// readable GGUF file, and the errors of [`from_gguf`](Self::from_gguf).
+    /// readable GGUF file, and the errors of reading its metadata.
     pub fn from_gguf_file(path: &Path) -> crate::Result<Self> {
         let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         let content = Content::read(&mut file).map_err(|e| Error::corrupt(path, e))?;

@@ -30,13 +30,13 @@
 //! one 16-bit value where that is faster) and differ only by f32 rounding.
 //!
 //! # Kernels
-//! - Many rows: each tile of [`NR`] output columns is unpacked once into the layout
+//! - Many rows: each tile of `NR` output columns is unpacked once into the layout
 //!   the integer dot instruction wants (`vpdpbusd`: 4 consecutive `k` of one column
 //!   per 32-bit lane; `vpdpwssd` / `vpmaddwd`: 2 consecutive `k` as 16-bit values),
 //!   with the tile's `d` and `mn` as f32 vectors; then micro-tiles of a few rows ×
 //!   `NR` columns run against it, holding the block's i32 sums and the f32 totals in
 //!   registers. Parallel over (row chunk × column group) tasks.
-//! - Up to [`DECODE_MAX_ROWS`] rows: no unpacking pass; the packed blocks are
+//! - Up to `DECODE_MAX_ROWS` rows: no unpacking pass; the packed blocks are
 //!   expanded in registers (two 32-value blocks per 512-bit vector) and dotted with
 //!   every row at once. Parallel over chunks of output columns.
 
