@@ -155,6 +155,10 @@ pub enum Error {
     #[error("first stage: {0}")]
     FirstStage(String),
 
+    /// Training cannot go on: no usable data, a diverging loss, an output that would
+    /// overwrite another run, a checkpoint that does not match the run resumed.
+    #[error("training: {0}")]
+    Training(String),
     /// An internal invariant does not hold (a bug in dear-core: please report it).
     #[error("internal error: {0}")]
     Internal(String),

@@ -42,6 +42,7 @@ mod model;
 mod pipeline;
 mod rerank;
 mod tokenizer;
+pub mod train;
 
 pub use crate::batch::Batch;
 pub use crate::chat_template::{ChatMessage, ChatTemplate};

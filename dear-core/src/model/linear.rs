@@ -57,8 +57,8 @@ pub(crate) struct LoraDelta {
 /// A linear layer: weight plus optional bias, plus any unmerged LoRA deltas.
 #[derive(Clone, Debug)]
 pub(crate) struct Linear {
-    weight: LinearWeight,
-    bias: Option<Tensor>,
+    pub(crate) weight: LinearWeight,
+    pub(crate) bias: Option<Tensor>,
     loras: Vec<LoraDelta>,
 }
 

@@ -8,10 +8,11 @@
 mod attention;
 mod block;
 mod cpu_ops;
+pub(crate) mod frozen;
 mod kv_cache;
 mod linear;
 mod mlp;
-mod rope;
+pub(crate) mod rope;
 
 use std::sync::Arc;
 

@@ -108,6 +108,11 @@ impl Rope {
 }
 
 impl RopeTables {
+    /// `cos` and `sin`, `[tokens, head_dim / 2]` each.
+    pub(crate) fn cos_sin(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
+    }
+
     /// Rotates packed queries or keys.
     ///
     /// `x: [tokens, heads, head_dim]` → `[tokens, heads, head_dim]`.

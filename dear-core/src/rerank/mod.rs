@@ -4,7 +4,7 @@
 mod constrained;
 mod listwise;
 mod permutation;
-mod pointwise;
+pub(crate) mod pointwise;
 mod prompt;
 mod recipe;
 mod scheduler;

@@ -309,48 +309,19 @@ impl PointwiseScorer {
             return Err(Error::EmptyInput("the query is empty".into()));
         }
         let tok = self.lm.tokenizer();
-        // Cutting very long texts before tokenizing changes none of the first tokens
-        // kept (no token covers 64 characters) and keeps a 1 MB passage cheap.
-        let cut = |s: &str, tokens: usize| -> String {
-            let limit = tokens.saturating_mul(64);
-            match s.char_indices().nth(limit) {
-                Some((i, _)) => s[..i].to_string(),
-                None => s.to_string(),
-            }
-        };
         match &self.config.head {
             Head::Classifier => {
                 let bos = self
                     .bos
                     .ok_or_else(|| Error::InvalidArgument("no bos token".into()))?;
-                let mut qids = tok.encode(
-                    &cut(&format!("query: {}", query.text), self.config.q_max_len),
-                    false,
-                )?;
-                qids.truncate(self.config.q_max_len);
-                let mut prefix = vec![bos];
-                prefix.extend(qids);
-                let keep = self.config.p_max_len - 3;
-                let suffixes = passages
-                    .iter()
-                    .map(|p| {
-                        let text =
-                            format!("document: {} {}", p.title.as_deref().unwrap_or(""), p.text);
-                        let mut ids = tok.encode(&cut(&text, keep), false)?;
-                        ids.truncate(keep);
-                        // `prepare_for_model(.., truncation="only_second", max_length=q+p)`
-                        // reserves room for the two special tokens a pair would get, so
-                        // the pair is cut to q + p - 2 tokens from the passage's end.
-                        let budget = (self.config.q_max_len + self.config.p_max_len)
-                            .saturating_sub(2)
-                            .saturating_sub(prefix.len() + 1);
-                        ids.truncate(budget);
-                        let mut s = vec![bos];
-                        s.extend(ids);
-                        Ok(s)
-                    })
-                    .collect::<crate::Result<Vec<_>>>()?;
-                Ok(EncodedQuery { prefix, suffixes })
+                encode_dear(
+                    tok,
+                    bos,
+                    &query.text,
+                    passages,
+                    self.config.q_max_len,
+                    self.config.p_max_len,
+                )
             }
             Head::YesNo { prompt, system, .. } => {
                 let template = self
@@ -358,7 +329,7 @@ impl PointwiseScorer {
                     .tokenizer()
                     .chat_template()
                     .ok_or_else(|| Error::ChatTemplate("no chat template".into()))?;
-                let mut qids = tok.encode(&cut(q, self.config.q_max_len), false)?;
+                let mut qids = tok.encode(&cut_chars(q, self.config.q_max_len), false)?;
                 qids.truncate(self.config.q_max_len);
                 let query_text = tok.decode(&qids, true)?;
                 let user = prompt
@@ -383,7 +354,7 @@ impl PointwiseScorer {
                             Some(t) if !t.is_empty() => format!("{t}\n{}", p.text),
                             _ => p.text.clone(),
                         };
-                        let mut ids = tok.encode(&cut(&text, keep), false)?;
+                        let mut ids = tok.encode(&cut_chars(&text, keep), false)?;
                         ids.truncate(keep);
                         ids.extend_from_slice(&tail);
                         Ok(ids)
@@ -528,4 +499,52 @@ impl PointwiseScorer {
             }
         }
     }
+}
+
+/// Cuts very long texts before tokenizing: no token covers 64 characters, so this
+/// changes none of the first `tokens` tokens kept and keeps a 1 MB passage cheap.
+fn cut_chars(s: &str, tokens: usize) -> String {
+    let limit = tokens.saturating_mul(64);
+    match s.char_indices().nth(limit) {
+        Some((i, _)) => s[..i].to_string(),
+        None => s.to_string(),
+    }
+}
+
+/// DeAR's pointwise input (`data.py`, `RerankerInferencePreProcessor`):
+/// `[bos] + enc("query: " + q)[:q_max_len]` shared, then per passage
+/// `[bos] + enc("document: " + title + " " + text)[:p_max_len - 3]`, the pair cut to
+/// `q_max_len + p_max_len - 2` tokens as transformers-4.x `prepare_for_model` does.
+pub(crate) fn encode_dear(
+    tok: &crate::Tokenizer,
+    bos: u32,
+    query: &str,
+    passages: &[Passage],
+    q_max_len: usize,
+    p_max_len: usize,
+) -> crate::Result<EncodedQuery> {
+    let mut qids = tok.encode(&cut_chars(&format!("query: {query}"), q_max_len), false)?;
+    qids.truncate(q_max_len);
+    let mut prefix = vec![bos];
+    prefix.extend(qids);
+    let keep = p_max_len.saturating_sub(3);
+    let suffixes = passages
+        .iter()
+        .map(|p| {
+            let text = format!("document: {} {}", p.title.as_deref().unwrap_or(""), p.text);
+            let mut ids = tok.encode(&cut_chars(&text, keep), false)?;
+            ids.truncate(keep);
+            // `prepare_for_model(.., truncation="only_second", max_length=q+p)`
+            // reserves room for the two special tokens a pair would get, so
+            // the pair is cut to q + p - 2 tokens from the passage's end.
+            let budget = (q_max_len + p_max_len)
+                .saturating_sub(2)
+                .saturating_sub(prefix.len() + 1);
+            ids.truncate(budget);
+            let mut s = vec![bos];
+            s.extend(ids);
+            Ok(s)
+        })
+        .collect::<crate::Result<Vec<_>>>()?;
+    Ok(EncodedQuery { prefix, suffixes })
 }

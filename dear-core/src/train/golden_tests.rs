@@ -1,0 +1,292 @@
+//! dear's training arithmetic against PyTorch + peft: `tests/golden/train/`, written by
+//! `tests/golden/make_train_golden.py` (pinned torch/transformers/peft). Scores,
+//! every loss type, the KL term, their gradients w.r.t. every LoRA and head tensor,
+//! three AdamW steps with warmup and clipping, and the schedules, all within 1e-4.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+
+use super::loss::{distillation, main_loss, total_loss, LossType};
+use super::net::{Net, Packed, Trainable};
+use super::optim::{adamw_step, clip_grad_norm, AdamWConfig, Moments, Schedule};
+use super::peft;
+use crate::model::frozen::FrozenLlama;
+use crate::{LanguageModel, LoadOptions};
+
+fn golden(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(path)
+}
+
+fn expected() -> serde_json::Value {
+    let text = std::fs::read_to_string(golden("train/expected.json")).expect("train/expected.json");
+    serde_json::from_str(&text).expect("json")
+}
+
+fn base() -> FrozenLlama {
+    let lm =
+        LanguageModel::load(golden("models/tiny-gqa"), &LoadOptions::default()).expect("tiny-gqa");
+    lm.llama().frozen().expect("frozen")
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number") as f32)
+        .collect()
+}
+
+fn rows(v: &serde_json::Value) -> Vec<Vec<f32>> {
+    v.as_array().expect("array").iter().map(floats).collect()
+}
+
+fn batch(exp: &serde_json::Value) -> Packed {
+    let mut p = Packed::default();
+    for group in exp["batch"]["groups"].as_array().expect("groups") {
+        for seq in group.as_array().expect("group") {
+            let ids: Vec<u32> = seq
+                .as_array()
+                .expect("ids")
+                .iter()
+                .map(|x| x.as_u64().expect("id") as u32)
+                .collect();
+            p.push(&ids);
+        }
+    }
+    p
+}
+
+fn load_safetensors(name: &str) -> HashMap<String, Vec<f32>> {
+    let path = golden(name);
+    let st = crate::loader::safetensors::mmap(&path).expect("safetensors");
+    st.tensors()
+        .into_iter()
+        .map(|(k, _)| {
+            let t = st.load(&k, &Device::Cpu).expect("tensor");
+            (
+                k,
+                t.flatten_all()
+                    .expect("flat")
+                    .to_vec1::<f32>()
+                    .expect("f32"),
+            )
+        })
+        .collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn grads_of(loss: &Tensor, params: &Trainable) -> Vec<(String, Vec<f32>)> {
+    let g = loss.backward().expect("backward");
+    params
+        .named()
+        .into_iter()
+        .map(|(k, v)| {
+            let t = g.get(v.as_tensor()).expect("gradient");
+            (
+                k,
+                t.flatten_all()
+                    .expect("flat")
+                    .to_vec1::<f32>()
+                    .expect("f32"),
+            )
+        })
+        .collect()
+}
+
+fn grouped_scores(base: &FrozenLlama, params: &Trainable, exp: &serde_json::Value) -> Tensor {
+    let net = Net { base, params };
+    net.scores(&batch(exp), None)
+        .expect("scores")
+        .reshape((2, 4))
+        .expect("reshape")
+}
+
+#[test]
+fn scores_losses_and_gradients_match_pytorch() {
+    let exp = expected();
+    let base = base();
+    let (params, meta) = peft::load(&golden("train/init"), &base, 0.0).expect("init adapter");
+    assert_eq!(meta.task_type, "SEQ_CLS");
+    assert_eq!(params.named().len(), 25);
+    let teacher = rows(&exp["batch"]["teacher_scores"]);
+    let (t, alpha) = (2.0, 0.1);
+    let want = rows(&exp["student_scores"]).concat();
+    let got = grouped_scores(&base, &params, &exp)
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(max_diff(&got, &want) < 1e-4, "scores {got:?} vs {want:?}");
+
+    let grads = load_safetensors("train/grads.safetensors");
+    let check = |prefix: &str, got: &[(String, Vec<f32>)]| {
+        for (key, g) in got {
+            let want = grads
+                .get(&format!("{prefix}/{key}"))
+                .unwrap_or_else(|| panic!("{prefix}/{key}"));
+            let d = max_diff(g, want);
+            assert!(d < 1e-4, "{prefix}: gradient of {key} differs by {d}");
+        }
+    };
+    // The KL term alone.
+    let s = grouped_scores(&base, &params, &exp);
+    let kl = distillation(&s, &teacher, t).unwrap();
+    let kl_value = kl.to_scalar::<f32>().unwrap();
+    assert!((kl_value - exp["distill"]["kl"].as_f64().unwrap() as f32).abs() < 1e-4);
+    let kl_grads = grads_of(&kl, &params);
+    check("kl", &kl_grads);
+    for kind in LossType::ALL {
+        let s = grouped_scores(&base, &params, &exp);
+        let main = main_loss(kind, &s, Some(&teacher)).unwrap();
+        let want_main = exp["losses"][kind.name()]["main"].as_f64().unwrap() as f32;
+        let got_main = main.to_scalar::<f32>().unwrap();
+        assert!(
+            (got_main - want_main).abs() < 1e-4,
+            "{kind}: {got_main} vs {want_main}"
+        );
+        check(kind.name(), &grads_of(&main, &params));
+        // The total and its gradient: (1 - α)·main + α·KL.
+        let s = grouped_scores(&base, &params, &exp);
+        let total = total_loss(kind, &s, Some(&teacher), t, alpha).unwrap();
+        let want_total = exp["losses"][kind.name()]["total"].as_f64().unwrap() as f32;
+        assert!(
+            (total.to_scalar::<f32>().unwrap() - want_total).abs() < 1e-4,
+            "{kind} total"
+        );
+        let main_grads = grads_of(
+            &main_loss(kind, &grouped_scores(&base, &params, &exp), Some(&teacher)).unwrap(),
+            &params,
+        );
+        for ((key, g), ((_, m), (_, k))) in grads_of(&total, &params)
+            .iter()
+            .zip(main_grads.iter().zip(&kl_grads))
+        {
+            let mixed: Vec<f32> = m.iter().zip(k).map(|(m, k)| 0.9 * m + 0.1 * k).collect();
+            assert!(
+                max_diff(g, &mixed) < 1e-5,
+                "{kind}: total gradient of {key}"
+            );
+        }
+    }
+}
+
+#[test]
+fn three_adamw_steps_match_pytorch() {
+    let exp = expected();
+    let base = base();
+    let (params, _) = peft::load(&golden("train/init"), &base, 0.0).expect("init adapter");
+    let teacher = rows(&exp["batch"]["teacher_scores"]);
+    let a = &exp["adamw"];
+    let cfg = AdamWConfig {
+        weight_decay: a["weight_decay"].as_f64().unwrap(),
+        ..AdamWConfig::default()
+    };
+    let lr = a["lr"].as_f64().unwrap();
+    let mut moments = vec![Moments::default(); params.named().len()];
+    for (step, want) in a["steps"].as_array().unwrap().iter().enumerate() {
+        let s = grouped_scores(&base, &params, &exp);
+        let loss = total_loss(LossType::RanknetTeacher, &s, Some(&teacher), 2.0, 0.1).unwrap();
+        let value = loss.to_scalar::<f32>().unwrap();
+        assert!(
+            (value - want["loss"].as_f64().unwrap() as f32).abs() < 1e-4,
+            "step {step} loss"
+        );
+        let mut grads: Vec<Vec<f32>> = grads_of(&loss, &params)
+            .into_iter()
+            .map(|(_, g)| g)
+            .collect();
+        let norm = clip_grad_norm(&mut grads, 1.0);
+        assert!(
+            (norm - want["grad_norm"].as_f64().unwrap()).abs() < 1e-4,
+            "step {step} norm"
+        );
+        let step_lr = lr * Schedule::Linear.factor(step, 1, 4);
+        assert!((step_lr - want["lr"].as_f64().unwrap()).abs() < 1e-12);
+        for (((_, var), g), m) in params.named().iter().zip(&grads).zip(moments.iter_mut()) {
+            let mut p = var
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            adamw_step(&cfg, step_lr, step as u64 + 1, &mut p, g, m);
+            var.set(&Tensor::from_vec(p, var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+        }
+    }
+    let after = load_safetensors("train/adamw.safetensors");
+    for (key, var) in params.named() {
+        let got = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let d = max_diff(&got, &after[&key]);
+        assert!(d < 1e-4, "{key} after 3 steps differs by {d}");
+    }
+}
+
+#[test]
+fn schedules_match_transformers() {
+    let exp = expected();
+    let s = &exp["schedules"];
+    for (name, kind) in [("linear", Schedule::Linear), ("cosine", Schedule::Cosine)] {
+        for (step, want) in s[name].as_array().unwrap().iter().enumerate() {
+            let got = kind.factor(step, 2, 10);
+            assert!(
+                (got - want.as_f64().unwrap()).abs() < 1e-12,
+                "{name} {step}"
+            );
+        }
+    }
+}
+
+#[test]
+fn written_adapters_reload_with_the_same_tensors() {
+    let base = base();
+    let (params, meta) = peft::load(&golden("train/init"), &base, 0.0).expect("init adapter");
+    let dir = tempfile::tempdir().unwrap();
+    peft::save(dir.path(), &params, &meta).unwrap();
+    let want: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(golden("train/init/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    let got: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    // Every field peft wrote, with peft's values (the base's name aside).
+    for (k, v) in want.as_object().unwrap() {
+        if k != "base_model_name_or_path" {
+            assert_eq!(&got[k], v, "adapter_config.json field {k}");
+        }
+    }
+    let (again, _) = peft::load(dir.path(), &base, 0.0).unwrap();
+    for ((k, a), (_, b)) in params.named().iter().zip(again.named()) {
+        let (a, b) = (
+            a.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            b.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+        );
+        assert_eq!(a, b, "{k}");
+    }
+}
