@@ -38,6 +38,7 @@
 //! ```
 
 mod data;
+mod fused;
 #[cfg(test)]
 mod golden_tests;
 mod loss;
@@ -47,6 +48,7 @@ mod optim;
 mod peft;
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -324,6 +326,7 @@ pub struct TrainReport {
 
 /// Stage-1 trainer over one base model.
 pub struct PointwiseTrainer {
+    batch_log: Option<PathBuf>,
     base: FrozenLlama,
     tokenizer: crate::Tokenizer,
     bos: u32,
@@ -343,6 +346,10 @@ struct CheckpointState {
 }
 
 const CHECKPOINTS: &str = "checkpoints";
+
+/// A pass whose graph would hold more than this recomputes each block in its backward
+/// (gradient checkpointing) instead: a third more arithmetic, a block's memory.
+const GRAPH_BUDGET_BYTES: usize = 6 << 30;
 
 fn seed_for(seed: u64, parts: &[u64]) -> u64 {
     // SplitMix64 over the parts: well-spread seeds for (seed, epoch, query, ...).
@@ -380,12 +387,22 @@ impl PointwiseTrainer {
             config.base_model = lm.source().to_string();
         }
         Ok(Self {
+            batch_log: None,
             base,
             tokenizer: lm.tokenizer().clone(),
             bos,
             config,
             targets,
         })
+    }
+
+    /// Also writes every pass's token ids to `path` as JSON Lines (a `{"config": …}`
+    /// line, then `{"step", "micro", "groups": [[ids, …], …]}` per pass), so that
+    /// another trainer can replay exactly the same batches (`scripts/train_peer.py`).
+    #[must_use]
+    pub fn with_batch_log(mut self, path: impl Into<PathBuf>) -> Self {
+        self.batch_log = Some(path.into());
+        self
     }
 
     /// The options in use.
@@ -427,7 +444,7 @@ impl PointwiseTrainer {
         )
     }
 
-    /// Student scores of passages for a query (no dropout, no gradient kept).
+    /// Student scores of passages for a query (no dropout, no graph kept).
     fn score(
         &self,
         params: &Trainable,
@@ -445,7 +462,7 @@ impl PointwiseTrainer {
         for i in 0..passages.len() {
             batch.push(&enc.full(i));
             if batch.tokens() >= 4096 || i + 1 == passages.len() {
-                out.extend(net.scores(&batch, None)?.detach().to_vec1::<f32>()?);
+                out.extend(net.scores_detached(&batch)?);
                 batch = Packed::default();
             }
         }
@@ -578,6 +595,17 @@ impl PointwiseTrainer {
             state.dev_first_stage_ndcg = Some(self.validate(None, &dev)?);
         }
 
+        let mut batch_log = match &self.batch_log {
+            Some(path) => {
+                let mut f = std::io::BufWriter::new(
+                    std::fs::File::create(path).map_err(|e| Error::io(path, e))?,
+                );
+                let line = serde_json::json!({ "config": cfg });
+                writeln!(f, "{line}").map_err(|e| Error::io(path, e))?;
+                Some((path.clone(), f))
+            }
+            None => None,
+        };
         let mut teacher_cache: HashMap<(String, String), f32> = HashMap::new();
         let started = Instant::now();
         let mut tokens_done = 0usize;
@@ -606,6 +634,7 @@ impl PointwiseTrainer {
                 }
                 let mut packed = Packed::default();
                 let mut teacher_rows = Vec::new();
+                let mut logged_groups = Vec::new();
                 for &qi in &picked {
                     let q = train[qi];
                     let mut rng = ChaCha8Rng::seed_from_u64(seed_for(
@@ -625,42 +654,54 @@ impl PointwiseTrainer {
                     let mut group = vec![pos];
                     group.extend(negs);
                     let enc = self.encode(&q.text, &group)?;
-                    for i in 0..group.len() {
-                        packed.push(&enc.full(i));
+                    let seqs: Vec<Vec<u32>> = (0..group.len()).map(|i| enc.full(i)).collect();
+                    for seq in &seqs {
+                        packed.push(seq);
+                    }
+                    if batch_log.is_some() {
+                        logged_groups.push(seqs);
                     }
                     if let Some(t) = &teacher {
                         teacher_rows.push(self.teacher_scores(t, q, &group, &mut teacher_cache)?);
                     }
+                }
+                if let Some((path, f)) = batch_log.as_mut() {
+                    let line = serde_json::json!({ "step": step, "micro": micro, "groups": logged_groups });
+                    writeln!(f, "{line}").map_err(|e| Error::io(&*path, e))?;
                 }
                 let net = Net {
                     base: &self.base,
                     params: &params,
                 };
                 let dropout_seed = seed_for(cfg.seed, &[3, step as u64, micro as u64]);
-                let scores = net.scores(&packed, Some(dropout_seed))?;
-                let scores = scores.reshape((picked.len(), cfg.negatives + 1))?;
-                let loss = loss::total_loss(
-                    cfg.loss,
-                    &scores,
-                    teacher.as_ref().map(|_| teacher_rows.as_slice()),
-                    cfg.temperature,
-                    cfg.alpha,
+                let groups = picked.len();
+                let accum = cfg.grad_accum as f64;
+                let teacher_scores = teacher.as_ref().map(|_| teacher_rows.as_slice());
+                let checkpoint = self.graph_bytes(packed.tokens()) > GRAPH_BUDGET_BYTES;
+                let (value, g) = net.scores_backward(
+                    &packed,
+                    Some(dropout_seed),
+                    checkpoint,
+                    |scores: &Tensor| {
+                        let scores = scores.reshape((groups, cfg.negatives + 1))?;
+                        let loss = loss::total_loss(
+                            cfg.loss,
+                            &scores,
+                            teacher_scores,
+                            cfg.temperature,
+                            cfg.alpha,
+                        )?;
+                        Ok((loss / accum)?)
+                    },
                 )?;
-                let value = loss.to_scalar::<f32>()? as f64;
+                let value = value * accum;
                 if !value.is_finite() {
                     return Err(self.diverged(step, value, &ckpt_root));
                 }
-                let g = (loss / cfg.grad_accum as f64)?.backward()?;
-                let named = params.named();
                 if grads.is_empty() {
-                    grads = named
-                        .iter()
-                        .map(|(_, v)| vec![0f32; v.elem_count()])
-                        .collect();
-                }
-                for ((_, var), acc) in named.iter().zip(grads.iter_mut()) {
-                    if let Some(gt) = g.get(var.as_tensor()) {
-                        let gv = gt.flatten_all()?.to_vec1::<f32>()?;
+                    grads = g;
+                } else {
+                    for (acc, gv) in grads.iter_mut().zip(g) {
                         for (a, b) in acc.iter_mut().zip(gv) {
                             *a += b;
                         }
@@ -720,6 +761,9 @@ impl PointwiseTrainer {
                 save_checkpoint(&ckpt_root, &params, &moments, &state, &self.meta())?;
             }
         }
+        if let Some((path, mut f)) = batch_log.take() {
+            f.flush().map_err(|e| Error::io(&path, e))?;
+        }
         // The adapter: the best validated epoch when validation ran, else the last step.
         match state.best_epoch {
             Some(_) => {
@@ -754,6 +798,16 @@ impl PointwiseTrainer {
         .map_err(|e| Error::Internal(e.to_string()))?;
         std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
         Ok(report)
+    }
+
+    /// About how many bytes one pass's autograd graph holds for `tokens` tokens: the
+    /// outputs of a block's steps (norms, projections, rotary, attention, MLP).
+    fn graph_bytes(&self, tokens: usize) -> usize {
+        let c = &self.base.config;
+        let q = c.num_heads * c.head_dim;
+        let kv = c.num_kv_heads * c.head_dim;
+        let per_token = 7 * c.hidden_size + 3 * q + 3 * kv + 3 * c.intermediate_size;
+        tokens * per_token * 4 * c.num_layers
     }
 
     fn teacher_scores(

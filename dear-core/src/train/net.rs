@@ -6,10 +6,11 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor, Var, D};
-use rand::{Rng, RngCore, SeedableRng};
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::fused::{LoraLinear, RmsNorm, Rotary, SiluMul};
 use super::ops::{CausalAttention, FrozenLinear};
 use crate::model::frozen::{FrozenLlama, FrozenMatrix};
 use crate::Error;
@@ -186,8 +187,8 @@ pub(crate) struct Net<'a> {
 }
 
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> crate::Result<Tensor> {
-    let r = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
-    Ok(x.broadcast_mul(&r)?.broadcast_mul(w)?)
+    let weight = Arc::new(w.flatten_all()?.to_vec1::<f32>()?);
+    Ok(x.contiguous()?.apply_op1(RmsNorm { weight, eps })?)
 }
 
 fn frozen_linear(x: &Tensor, m: &FrozenMatrix) -> crate::Result<Tensor> {
@@ -202,71 +203,43 @@ fn frozen_linear(x: &Tensor, m: &FrozenMatrix) -> crate::Result<Tensor> {
     })
 }
 
-/// Inverted dropout's mask: each value kept with probability `1 - p` and scaled by
-/// `1 / (1 - p)` (torch's `nn.Dropout` in training mode).
-fn dropout_mask(rng: &mut ChaCha8Rng, shape: (usize, usize), p: f64) -> crate::Result<Tensor> {
-    let n = shape.0 * shape.1;
-    let keep = 1.0 / (1.0 - p) as f32;
-    // 16 random bits per value.
-    let threshold = (p * 65536.0).round() as u32;
-    let mut v = Vec::with_capacity(n);
-    while v.len() < n {
-        let bits = rng.next_u64();
-        for k in 0..4 {
-            if v.len() == n {
-                break;
-            }
-            let r = ((bits >> (16 * k)) & 0xffff) as u32;
-            v.push(if r < threshold { 0.0 } else { keep });
-        }
-    }
-    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
-}
-
 impl Net<'_> {
     fn linear(
         &self,
         x: &Tensor,
         layer: usize,
         proj: usize,
-        rng: &mut Option<ChaCha8Rng>,
-    ) -> crate::Result<Tensor> {
-        let m = &self.base.blocks[layer].proj[proj];
-        let y = frozen_linear(x, m)?;
-        let Some(i) = self.params.index[layer][proj] else {
-            return Ok(y);
-        };
-        let pair = &self.params.pairs[i];
-        let xd = match rng {
-            Some(rng) if self.params.dropout > 0.0 => {
-                (x * dropout_mask(rng, x.dims2()?, self.params.dropout)?)?
-            }
-            _ => x.clone(),
-        };
-        let low = xd.matmul(&pair.a.as_tensor().t()?)?;
-        let up = low.matmul(&pair.b.as_tensor().t()?)?;
-        Ok((y + (up * self.params.scale)?)?)
-    }
-
-    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, heads: usize) -> crate::Result<Tensor> {
-        let t = x.dim(0)?;
-        let d = self.base.config.head_dim;
-        let half = d / 2;
-        let x = x.reshape((t, heads, d))?;
-        let x1 = x.narrow(2, 0, half)?;
-        let x2 = x.narrow(2, half, half)?;
-        let r1 = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
-        let r2 = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
-        Ok(Tensor::cat(&[r1, r2], 2)?.reshape((t, heads * d))?)
-    }
-
-    /// The final hidden states (before the last norm) of every token: `[tokens, hidden]`.
-    /// `dropout_seed` switches LoRA dropout on (training mode).
-    pub(crate) fn hidden(
-        &self,
-        batch: &Packed,
         dropout_seed: Option<u64>,
     ) -> crate::Result<Tensor> {
+        let m = &self.base.blocks[layer].proj[proj];
+        let Some(i) = self.params.index[layer][proj] else {
+            return frozen_linear(x, m);
+        };
+        let pair = &self.params.pairs[i];
+        let dropout = match dropout_seed {
+            Some(seed) if self.params.dropout > 0.0 => Some((
+                seed ^ ((layer * 7 + proj) as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                self.params.dropout,
+            )),
+            _ => None,
+        };
+        let op = LoraLinear {
+            weight: m.weight.clone(),
+            bias: match &m.bias {
+                Some(b) => Some(Arc::new(b.flatten_all()?.to_vec1::<f32>()?)),
+                None => None,
+            },
+            out_dim: m.out_dim,
+            in_dim: m.in_dim,
+            rank: pair.a.dims()[0],
+            scale: self.params.scale as f32,
+            dropout,
+        };
+        Ok(x.contiguous()?
+            .apply_op3(pair.a.as_tensor(), pair.b.as_tensor(), op)?)
+    }
+
+    fn check(&self, batch: &Packed) -> crate::Result<()> {
         let cfg = &self.base.config;
         if batch.ids.is_empty() {
             return Err(Error::EmptyInput("a training batch has no tokens".into()));
@@ -277,49 +250,87 @@ impl Net<'_> {
                 cfg.vocab_size
             )));
         }
-        let dev = Device::Cpu;
-        let mut rng = dropout_seed.map(ChaCha8Rng::seed_from_u64);
-        let ids = Tensor::new(batch.ids.as_slice(), &dev)?;
-        let mut x = self.base.embed.index_select(&ids, 0)?;
-        let tables = self.base.rope.tables(&batch.positions, DType::F32, &dev)?;
-        let (cos, sin) = tables.cos_sin();
-        let (cos, sin) = (cos.unsqueeze(1)?, sin.unsqueeze(1)?);
-        let attention = CausalAttention {
-            spans: Arc::new(batch.spans.clone()),
-            heads: cfg.num_heads,
-            kv_heads: cfg.num_kv_heads,
-            head_dim: cfg.head_dim,
-            scale: 1.0 / (cfg.head_dim as f32).sqrt(),
-        };
-        let eps = cfg.rms_norm_eps;
-        for (l, block) in self.base.blocks.iter().enumerate() {
-            let h = rms_norm(&x, &block.input_norm, eps)?;
-            let q = self.linear(&h, l, 0, &mut rng)?;
-            let k = self.linear(&h, l, 1, &mut rng)?;
-            let v = self.linear(&h, l, 2, &mut rng)?;
-            let q = self.rope(&q, &cos, &sin, cfg.num_heads)?;
-            let k = self.rope(&k, &cos, &sin, cfg.num_kv_heads)?;
-            let a = q.apply_op3(&k, &v.contiguous()?, attention.clone())?;
-            x = (x + self.linear(&a, l, 3, &mut rng)?)?;
-            let h = rms_norm(&x, &block.post_norm, eps)?;
-            let gate = self.linear(&h, l, 4, &mut rng)?;
-            let up = self.linear(&h, l, 5, &mut rng)?;
-            x = (&x + self.linear(&(gate.silu()? * up)?, l, 6, &mut rng)?)?;
-        }
-        Ok(x)
+        Ok(())
     }
 
-    /// The `score` head on each sequence's last token: `[sequences]`, as
-    /// `LlamaForSequenceClassification` pools it.
-    pub(crate) fn scores(
+    /// What every layer of one batch shares: rotary tables and the attention op.
+    fn context(&self, batch: &Packed) -> crate::Result<LayerInputs> {
+        let cfg = &self.base.config;
+        let tables = self
+            .base
+            .rope
+            .tables(&batch.positions, DType::F32, &Device::Cpu)?;
+        let (cos, sin) = tables.cos_sin();
+        Ok(LayerInputs {
+            rotary: Rotary {
+                cos: Arc::new(cos.flatten_all()?.to_vec1::<f32>()?),
+                sin: Arc::new(sin.flatten_all()?.to_vec1::<f32>()?),
+                head_dim: cfg.head_dim,
+            },
+            attention: CausalAttention {
+                spans: Arc::new(batch.spans.clone()),
+                heads: cfg.num_heads,
+                kv_heads: cfg.num_kv_heads,
+                head_dim: cfg.head_dim,
+                scale: 1.0 / (cfg.head_dim as f32).sqrt(),
+            },
+        })
+    }
+
+    fn embed(&self, batch: &Packed) -> crate::Result<Tensor> {
+        let ids = Tensor::new(batch.ids.as_slice(), &Device::Cpu)?;
+        Ok(self.base.embed.index_select(&ids, 0)?)
+    }
+
+    /// Decoder block `l` on `x` (`LlamaDecoderLayer`). Its dropout masks are drawn
+    /// from seeds derived from `(dropout_seed, l, projection)`, so running the block
+    /// again (the recomputation of a checkpointed backward) draws the same masks.
+    fn layer(
+        &self,
+        l: usize,
+        x: &Tensor,
+        ctx: &LayerInputs,
+        dropout_seed: Option<u64>,
+    ) -> crate::Result<Tensor> {
+        let cfg = &self.base.config;
+        let block = &self.base.blocks[l];
+        let eps = cfg.rms_norm_eps;
+        let h = rms_norm(x, &block.input_norm, eps)?;
+        let q = self.linear(&h, l, 0, dropout_seed)?;
+        let k = self.linear(&h, l, 1, dropout_seed)?;
+        let v = self.linear(&h, l, 2, dropout_seed)?;
+        let q = q.apply_op1(ctx.rotary.clone())?;
+        let k = k.apply_op1(ctx.rotary.clone())?;
+        let a = q.apply_op3(&k, &v, ctx.attention.clone())?;
+        let x = (x + self.linear(&a, l, 3, dropout_seed)?)?;
+        let h = rms_norm(&x, &block.post_norm, eps)?;
+        let gate = self.linear(&h, l, 4, dropout_seed)?;
+        let up = self.linear(&h, l, 5, dropout_seed)?;
+        let act = gate.apply_op2(&up, SiluMul)?;
+        Ok((&x + self.linear(&act, l, 6, dropout_seed)?)?)
+    }
+
+    /// The final hidden states (before the last norm) of every token, `[tokens,
+    /// hidden]`, as one autograd graph (memory grows with every layer: for tests and
+    /// small batches). `dropout_seed` switches LoRA dropout on (training mode).
+    pub(crate) fn hidden(
         &self,
         batch: &Packed,
         dropout_seed: Option<u64>,
     ) -> crate::Result<Tensor> {
+        self.check(batch)?;
+        let ctx = self.context(batch)?;
+        let mut x = self.embed(batch)?;
+        for l in 0..self.base.blocks.len() {
+            x = self.layer(l, &x, &ctx, dropout_seed)?;
+        }
+        Ok(x)
+    }
+
+    fn head_scores(&self, x: &Tensor, batch: &Packed) -> crate::Result<Tensor> {
         let score = self.params.score.as_ref().ok_or_else(|| {
             Error::InvalidArgument("scores asked of an adapter without a `score` head".into())
         })?;
-        let x = self.hidden(batch, dropout_seed)?;
         let last = Tensor::new(batch.last().as_slice(), &Device::Cpu)?;
         let rows = rms_norm(
             &x.index_select(&last, 0)?,
@@ -327,6 +338,107 @@ impl Net<'_> {
             self.base.config.rms_norm_eps,
         )?;
         Ok(rows.matmul(&score.as_tensor().t()?)?.squeeze(1)?)
+    }
+
+    /// The `score` head on each sequence's last token: `[sequences]`, as
+    /// `LlamaForSequenceClassification` pools it, as one autograd graph.
+    pub(crate) fn scores(
+        &self,
+        batch: &Packed,
+        dropout_seed: Option<u64>,
+    ) -> crate::Result<Tensor> {
+        let x = self.hidden(batch, dropout_seed)?;
+        self.head_scores(&x, batch)
+    }
+
+    /// Scores without a graph (evaluation): each block's output is detached, so the
+    /// memory is one block's, whatever the depth.
+    pub(crate) fn scores_detached(&self, batch: &Packed) -> crate::Result<Vec<f32>> {
+        self.check(batch)?;
+        let ctx = self.context(batch)?;
+        let mut x = self.embed(batch)?;
+        for l in 0..self.base.blocks.len() {
+            x = self.layer(l, &x, &ctx, None)?.detach();
+        }
+        Ok(self.head_scores(&x, batch)?.detach().to_vec1::<f32>()?)
+    }
+
+    /// One training pass with per-block gradient checkpointing: the forward keeps
+    /// only each block's input; the backward recomputes one block at a time and
+    /// backpropagates the vector-Jacobian product through it. `loss` maps the scores
+    /// `[sequences]` to a scalar. Returns the loss value and the gradient of every
+    /// trainable tensor (in [`Trainable::named`] order; zeros for one untouched).
+    pub(crate) fn scores_backward(
+        &self,
+        batch: &Packed,
+        dropout_seed: Option<u64>,
+        checkpoint: bool,
+        loss: impl FnOnce(&Tensor) -> crate::Result<Tensor>,
+    ) -> crate::Result<(f64, Vec<Vec<f32>>)> {
+        self.check(batch)?;
+        if !checkpoint {
+            // One graph over every block: no recomputation.
+            let value_t = loss(&self.scores(batch, dropout_seed)?)?;
+            let value = value_t.to_scalar::<f32>()? as f64;
+            let store = value_t.backward()?;
+            let mut grads = Vec::new();
+            for (_, var) in self.params.named() {
+                grads.push(match store.get(var.as_tensor()) {
+                    Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
+                    None => vec![0f32; var.elem_count()],
+                });
+            }
+            return Ok((value, grads));
+        }
+        let ctx = self.context(batch)?;
+        let layers = self.base.blocks.len();
+        let mut inputs = Vec::with_capacity(layers);
+        let mut x = self.embed(batch)?;
+        for l in 0..layers {
+            let y = self.layer(l, &x, &ctx, dropout_seed)?.detach();
+            inputs.push(x);
+            x = y;
+        }
+        let named = self.params.named();
+        let mut grads: Vec<Vec<f32>> = named
+            .iter()
+            .map(|(_, v)| vec![0f32; v.elem_count()])
+            .collect();
+        let mut take = |store: &candle_core::backprop::GradStore| -> crate::Result<()> {
+            for ((_, var), acc) in named.iter().zip(grads.iter_mut()) {
+                if let Some(g) = store.get(var.as_tensor()) {
+                    for (a, b) in acc.iter_mut().zip(g.flatten_all()?.to_vec1::<f32>()?) {
+                        *a += b;
+                    }
+                }
+            }
+            Ok(())
+        };
+        // The head and the loss.
+        let top = Var::from_tensor(&x)?;
+        let value_t = loss(&self.head_scores(top.as_tensor(), batch)?)?;
+        let value = value_t.to_scalar::<f32>()? as f64;
+        let store = value_t.backward()?;
+        take(&store)?;
+        let mut upstream = store
+            .get(top.as_tensor())
+            .cloned()
+            .ok_or_else(|| Error::Internal("no gradient reached the last block".into()))?;
+        drop(store);
+        // The blocks, last to first.
+        for l in (0..layers).rev() {
+            let input = Var::from_tensor(&inputs[l])?;
+            let y = self.layer(l, input.as_tensor(), &ctx, dropout_seed)?;
+            let store = (y * &upstream)?.sum_all()?.backward()?;
+            take(&store)?;
+            if l > 0 {
+                upstream = store
+                    .get(input.as_tensor())
+                    .cloned()
+                    .ok_or_else(|| Error::Internal(format!("no gradient reached block {l}")))?;
+            }
+        }
+        Ok((value, grads))
     }
 
     /// LM-head logits at the given token rows: `[rows.len(), vocab]`.
@@ -345,4 +457,10 @@ impl Net<'_> {
         )?;
         frozen_linear(&h, &self.base.lm_head)
     }
+}
+
+/// Per-batch inputs every block reads.
+struct LayerInputs {
+    rotary: Rotary,
+    attention: CausalAttention,
 }

@@ -17,7 +17,10 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-fn slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+pub(crate) fn slice<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+) -> candle_core::Result<&'a [f32]> {
     let (start, end) = layout
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg("training op input is not contiguous".into()))?;
@@ -33,10 +36,78 @@ unsafe impl Sync for SharedMut {}
 
 /// A strided matrix operand: element `(i, j)` is at `ptr[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
-struct Mat {
+pub(crate) struct Mat {
     ptr: *const f32,
     rs: isize,
     cs: isize,
+    /// Elements addressable from `ptr` (checked by [`matmul_into`]).
+    len: usize,
+}
+
+impl Mat {
+    /// A row-major matrix with `cols` columns.
+    pub(crate) fn rows(data: &[f32], cols: usize) -> Self {
+        Mat {
+            ptr: data.as_ptr(),
+            rs: cols as isize,
+            cs: 1,
+            len: data.len(),
+        }
+    }
+
+    /// The transpose of a row-major matrix with `cols` columns.
+    pub(crate) fn transposed(data: &[f32], cols: usize) -> Self {
+        Mat {
+            ptr: data.as_ptr(),
+            rs: 1,
+            cs: cols as isize,
+            len: data.len(),
+        }
+    }
+
+    /// Whether `rows × cols` elements lie inside the operand.
+    fn covers(&self, rows: usize, cols: usize) -> bool {
+        rows == 0
+            || cols == 0
+            || ((rows - 1) as isize * self.rs + (cols - 1) as isize * self.cs) < self.len as isize
+    }
+}
+
+/// `dst[m×n] = (accumulate ? dst : 0) + beta · lhs[m×k] rhs[k×n]`, `dst` row-major,
+/// the product split over the rayon pool.
+///
+/// # Panics
+/// When an operand is smaller than its shape (a bug in the caller).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_into(
+    dst: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+    beta: f32,
+) {
+    assert!(
+        dst.len() >= m * n && lhs.covers(m, k) && rhs.covers(k, n),
+        "matmul_into: operands smaller than [{m}, {k}] x [{k}, {n}]"
+    );
+    // SAFETY: the bounds were checked above.
+    unsafe {
+        sgemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            n as isize,
+            accumulate,
+            lhs,
+            rhs,
+            beta,
+            threads(),
+        )
+    }
 }
 
 /// `dst[m×n] = (accumulate ? dst : 0) + beta · lhs[m×k] · rhs[k×n]`, `dst` row-major
@@ -109,47 +180,33 @@ fn matmul_frozen(
     in_dim: usize,
     transposed: bool,
 ) -> Vec<f32> {
-    let (k, n) = if transposed {
-        (out_dim, in_dim)
-    } else {
-        (in_dim, out_dim)
-    };
-    let mut y = vec![0f32; rows * n];
-    let rhs = if transposed {
-        // W: [out, in] read as [k = out, n = in].
-        Mat {
-            ptr: w.as_ptr(),
-            rs: in_dim as isize,
-            cs: 1,
-        }
-    } else {
-        // Wᵀ: element (i over in, j over out) = W[j, i].
-        Mat {
-            ptr: w.as_ptr(),
-            rs: 1,
-            cs: in_dim as isize,
-        }
-    };
-    // SAFETY: x is [rows, k], rhs covers [k, n], y is [rows, n].
-    unsafe {
-        sgemm(
+    if transposed {
+        let mut y = vec![0f32; rows * in_dim];
+        matmul_into(
+            &mut y,
             rows,
-            n,
-            k,
-            y.as_mut_ptr(),
-            n as isize,
+            in_dim,
+            out_dim,
             false,
-            Mat {
-                ptr: x.as_ptr(),
-                rs: k as isize,
-                cs: 1,
-            },
-            rhs,
+            Mat::rows(x, out_dim),
+            Mat::rows(w, in_dim),
             1.0,
-            threads(),
-        )
-    };
-    y
+        );
+        y
+    } else {
+        let mut y = vec![0f32; rows * out_dim];
+        matmul_into(
+            &mut y,
+            rows,
+            out_dim,
+            in_dim,
+            false,
+            Mat::rows(x, in_dim),
+            Mat::transposed(w, in_dim),
+            1.0,
+        );
+        y
+    }
 }
 
 /// `x Wᵀ` with a frozen weight: the backward gives `∂x = ∂y W` and nothing for `W`.
@@ -275,11 +332,13 @@ impl CausalAttention {
                     ptr: x.q.as_ptr().add(span.start * hd + h * d),
                     rs: hd as isize,
                     cs: 1,
+                    len: 0,
                 },
                 Mat {
                     ptr: x.k.as_ptr().add(span.start * kvd + g * d),
                     rs: 1,
                     cs: kvd as isize,
+                    len: 0,
                 },
                 self.scale,
                 Parallelism::None,
@@ -335,11 +394,13 @@ impl CausalAttention {
                             ptr: p.as_ptr(),
                             rs: l as isize,
                             cs: 1,
+                            len: 0,
                         },
                         Mat {
                             ptr: x.v.as_ptr().add(span.start * kvd + g * d),
                             rs: kvd as isize,
                             cs: 1,
+                            len: 0,
                         },
                         1.0,
                         Parallelism::None,
@@ -377,6 +438,7 @@ impl CausalAttention {
                     ptr: unsafe { dout.as_ptr().add(q_off) },
                     rs: hd as isize,
                     cs: 1,
+                    len: 0,
                 };
                 // SAFETY (all products below): operands lie inside their buffers;
                 // this task alone writes rows `span` of head h (dq) and of kv head g
@@ -394,6 +456,7 @@ impl CausalAttention {
                             ptr: p.as_ptr(),
                             rs: 1,
                             cs: l as isize,
+                            len: 0,
                         },
                         do_h,
                         1.0,
@@ -412,6 +475,7 @@ impl CausalAttention {
                             ptr: x.v.as_ptr().add(kv_off),
                             rs: 1,
                             cs: kvd as isize,
+                            len: 0,
                         },
                         1.0,
                         Parallelism::None,
@@ -440,11 +504,13 @@ impl CausalAttention {
                             ptr: dp.as_ptr(),
                             rs: l as isize,
                             cs: 1,
+                            len: 0,
                         },
                         Mat {
                             ptr: x.k.as_ptr().add(kv_off),
                             rs: kvd as isize,
                             cs: 1,
+                            len: 0,
                         },
                         self.scale,
                         Parallelism::None,
@@ -461,11 +527,13 @@ impl CausalAttention {
                             ptr: dp.as_ptr(),
                             rs: 1,
                             cs: l as isize,
+                            len: 0,
                         },
                         Mat {
                             ptr: x.q.as_ptr().add(q_off),
                             rs: hd as isize,
                             cs: 1,
+                            len: 0,
                         },
                         self.scale,
                         Parallelism::None,

@@ -22,6 +22,7 @@ mod bench;
 mod eval;
 mod pipeline;
 mod search;
+mod train;
 
 /// DeAR reranking for Rust search: Llama inference, pointwise and listwise reranking.
 #[derive(Parser, Debug)]
@@ -49,10 +50,12 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Measure the fixed workloads (W1 pointwise, W2 listwise) on a model.
     Bench(bench::BenchArgs),
+    /// Train a DeAR pointwise student (LoRA + score head) by distillation.
+    Train(train::TrainArgs),
 }
 
 /// Which model to load and how.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 struct ModelArgs {
     /// A .gguf file, a Hugging Face directory or a hub id (org/name).
     /// Default: the SmolLM2-135M-Instruct GGUF fetched by scripts/fetch-model.sh
@@ -626,6 +629,7 @@ fn main() -> ExitCode {
         Command::Search(args) => search::search(args),
         Command::Eval(args) => eval::eval(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Train(args) => train::train(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

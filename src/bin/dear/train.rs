@@ -1,0 +1,376 @@
+//! `dear train`: DeAR's stage-1 distillation (a LoRA adapter + `score` head) from
+//! judged BEIR collections and/or self-supervised title → passage pairs, with BM25
+//! hard negatives from a tantivy index built on the fly: flag parsing, data loading
+//! and a progress bar around [`PointwiseTrainer`].
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use dear::dear_core::eval::{Dataset, FirstStage, RunFirstStage};
+use dear::dear_core::train::{
+    LossType, PointwiseTrainer, Schedule, Teacher, TeacherRun, TrainConfig, TrainingSet,
+};
+use dear::dear_core::{corpus, Passage, PointwiseConfig, PointwiseScorer};
+use dear::dear_tantivy::{IndexFirstStage, PassageIndex};
+use indicatif::ProgressBar;
+
+use crate::pipeline::progress;
+use crate::ModelArgs;
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// A BEIR folder with judgments (corpus.jsonl, queries.jsonl, qrels/<split>.tsv);
+    /// repeat for several. `DIR:SPLIT` picks another split than --split for it.
+    #[arg(long)]
+    dataset: Vec<String>,
+    /// The judgments trained on (qrels/<split>.tsv). Never train on what you report.
+    #[arg(long, default_value = "train")]
+    split: String,
+    /// Self-supervised pairs from a corpus without judgments: each passage's title (a
+    /// BEIR corpus.jsonl's `title`, a text folder's first heading) is the query of its
+    /// own text. Repeatable.
+    #[arg(long)]
+    self_supervised: Vec<PathBuf>,
+    /// Take the negatives from this TREC run instead of BM25 (one --dataset only).
+    #[arg(long)]
+    run: Option<PathBuf>,
+    /// A TREC run with the teacher's scores (DeAR precomputes its 13B teacher's).
+    #[arg(long, conflicts_with = "teacher")]
+    teacher_run: Option<PathBuf>,
+    /// A teacher model scored on the fly (a DeAR/RankLLaMA checkpoint, GGUF, HF dir or
+    /// hub id), with --teacher-adapter merged in when given.
+    #[arg(long)]
+    teacher: Option<String>,
+    /// A PEFT adapter for --teacher.
+    #[arg(long, requires = "teacher")]
+    teacher_adapter: Option<String>,
+    /// Output adapter directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace --out if it exists (its checkpoints are lost).
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
+    /// Continue the run in --out from its latest checkpoint (same options).
+    #[arg(long)]
+    resume: bool,
+    /// Main loss: softmax_ce, ranknet_binary, ranknet_binary_softmax_ce,
+    /// listnet_binary, lambda_loss_binary, ranknet_teacher, listnet_teacher,
+    /// lambda_loss_teacher.
+    #[arg(long, default_value = "softmax_ce")]
+    loss: String,
+    /// Distillation temperature T.
+    #[arg(long, default_value_t = 2.0)]
+    temperature: f64,
+    /// Weight of the KL term (with a teacher).
+    #[arg(long, default_value_t = 0.1)]
+    alpha: f64,
+    #[arg(long, default_value_t = 32)]
+    lora_r: usize,
+    #[arg(long, default_value_t = 64.0)]
+    lora_alpha: f64,
+    #[arg(long, default_value_t = 0.1)]
+    lora_dropout: f64,
+    /// Comma-separated LoRA targets.
+    #[arg(
+        long,
+        default_value = "q_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    )]
+    targets: String,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    /// linear, cosine or constant.
+    #[arg(long, default_value = "linear")]
+    schedule: String,
+    #[arg(long, default_value_t = 0.1)]
+    warmup_ratio: f64,
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 2)]
+    epochs: usize,
+    /// Stop after N optimizer steps.
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Groups (1 positive + negatives) per forward/backward pass.
+    #[arg(long, default_value_t = 2)]
+    batch_groups: usize,
+    /// Passes per optimizer step.
+    #[arg(long, default_value_t = 2)]
+    grad_accum: usize,
+    /// Negatives per group.
+    #[arg(long, default_value_t = 7)]
+    negatives: usize,
+    /// Negatives are drawn from the top N non-relevant first-stage candidates.
+    #[arg(long, default_value_t = 30)]
+    negative_depth: usize,
+    #[arg(long, default_value_t = 32)]
+    q_max_len: usize,
+    #[arg(long, default_value_t = 196)]
+    p_max_len: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Checkpoint every N steps.
+    #[arg(long, default_value_t = 50)]
+    save_every: usize,
+    /// Training queries held back to validate each epoch (the best epoch is kept).
+    #[arg(long, default_value_t = 50)]
+    dev_queries: usize,
+    /// Use at most N queries of each source (in file order).
+    #[arg(long)]
+    max_queries: Option<usize>,
+    /// Write every pass's token ids to FILE (JSON Lines), to replay the same batches
+    /// in another trainer (scripts/train_peer.py).
+    #[arg(long)]
+    save_batches: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn index_of(
+    passages: impl FnOnce(&mut dyn FnMut(Passage)) -> dear::dear_core::Result<()>,
+) -> anyhow::Result<PassageIndex> {
+    let index = PassageIndex::create_in_ram()?;
+    let mut writer = index.writer()?;
+    let mut failed = None;
+    passages(&mut |p| {
+        if failed.is_none() {
+            if let Err(e) = writer.upsert(&p) {
+                failed = Some(e);
+            }
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    writer.commit()?;
+    Ok(index)
+}
+
+fn read_any(path: &Path) -> anyhow::Result<Vec<Passage>> {
+    let mut out = Vec::new();
+    if path.is_dir() && path.join("corpus.jsonl").is_file() {
+        corpus::read_beir_corpus(&path.join("corpus.jsonl"), |p| out.push(p))?;
+    } else if path.is_dir() {
+        corpus::read_text_folder(path, |p| out.push(p))?;
+    } else {
+        corpus::read_beir_corpus(path, |p| out.push(p))?;
+    }
+    Ok(out)
+}
+
+pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
+    if args.dataset.is_empty() && args.self_supervised.is_empty() {
+        bail!("nothing to train on: give --dataset DIR (judged) and/or --self-supervised CORPUS");
+    }
+    if args.run.is_some() && args.dataset.len() != 1 {
+        bail!("--run gives the negatives of one --dataset; give exactly one");
+    }
+    if args.out.exists() {
+        if args.overwrite {
+            std::fs::remove_dir_all(&args.out)
+                .with_context(|| format!("removing {}", args.out.display()))?;
+        } else if !args.resume {
+            bail!(
+                "{} already exists: --resume continues its run, --overwrite replaces it",
+                args.out.display()
+            );
+        } else if !args.out.join("checkpoints").is_dir() {
+            bail!(
+                "--resume: {} holds no checkpoints of a run",
+                args.out.display()
+            );
+        }
+    } else if args.resume {
+        bail!("--resume: {} does not exist", args.out.display());
+    }
+    let config = TrainConfig {
+        loss: args.loss.parse::<LossType>()?,
+        temperature: args.temperature,
+        alpha: args.alpha,
+        lora_r: args.lora_r,
+        lora_alpha: args.lora_alpha,
+        lora_dropout: args.lora_dropout,
+        targets: args
+            .targets
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        learning_rate: args.lr,
+        schedule: args.schedule.parse::<Schedule>()?,
+        warmup_ratio: args.warmup_ratio,
+        max_grad_norm: args.max_grad_norm,
+        adamw: dear::dear_core::train::AdamWConfig {
+            weight_decay: args.weight_decay,
+            ..Default::default()
+        },
+        epochs: args.epochs,
+        max_steps: args.max_steps,
+        batch_groups: args.batch_groups,
+        grad_accum: args.grad_accum,
+        negatives: args.negatives,
+        negative_depth: args.negative_depth,
+        q_max_len: args.q_max_len,
+        p_max_len: args.p_max_len,
+        seed: args.seed,
+        save_every: args.save_every,
+        dev_queries: args.dev_queries,
+        eval_depth: 30,
+        base_model: String::new(),
+    };
+    let lm = args.model.load()?;
+    let mut trainer = PointwiseTrainer::new(&lm, config)?;
+    if let Some(path) = &args.save_batches {
+        trainer = trainer.with_batch_log(path);
+    }
+
+    // Training data: judged datasets, then self-supervised corpora.
+    let mut set = TrainingSet::default();
+    let depth = args.negative_depth + 20;
+    for spec in &args.dataset {
+        let (dir, split) = match spec.rsplit_once(':') {
+            Some((d, s)) if Path::new(d).is_dir() => (d, s),
+            _ => (spec.as_str(), args.split.as_str()),
+        };
+        let mut dataset = Dataset::open(dir, split)?;
+        if let Some(n) = args.max_queries {
+            dataset = dataset.with_query_limit(n);
+        }
+        let run_stage;
+        let index;
+        let first: &dyn FirstStage = match &args.run {
+            Some(path) => {
+                run_stage = RunFirstStage::new(path, &dataset)?;
+                &run_stage
+            }
+            None => {
+                index = index_of(|add| dataset.read_corpus(add))?;
+                &IndexFirstStage(&index)
+            }
+        };
+        let part = TrainingSet::from_dataset(&dataset, first, depth, args.negatives)?;
+        eprintln!(
+            "{} ({split}): {} queries, skipped {} without a positive in the corpus and {} with fewer than {} negatives",
+            dataset.name(),
+            part.queries.len(),
+            part.skipped.no_positive,
+            part.skipped.few_negatives,
+            args.negatives
+        );
+        set.extend(&dataset.name(), part);
+    }
+    for path in &args.self_supervised {
+        let passages = read_any(path)?;
+        let index = index_of(|add| {
+            passages.iter().cloned().for_each(add);
+            Ok(())
+        })?;
+        let mut part = TrainingSet::self_supervised(
+            &passages,
+            &IndexFirstStage(&index),
+            depth,
+            args.negatives,
+            2,
+        )?;
+        if let Some(n) = args.max_queries {
+            part.queries.truncate(n);
+        }
+        eprintln!(
+            "{} (self-supervised): {} title queries, skipped {} untitled or short-titled and {} with fewer than {} negatives",
+            path.display(),
+            part.queries.len(),
+            part.skipped.no_positive,
+            part.skipped.few_negatives,
+            args.negatives
+        );
+        let tag = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        set.extend(&format!("self:{tag}"), part);
+    }
+
+    // The teacher.
+    let teacher_run;
+    let teacher_scorer;
+    let teacher = match (&args.teacher_run, &args.teacher) {
+        (Some(path), _) => {
+            teacher_run = TeacherRun::read(path, &set)?;
+            teacher_run.restrict(&mut set, args.negatives);
+            Some(Teacher::Run(&teacher_run))
+        }
+        (None, Some(model)) => {
+            let spec = ModelArgs {
+                model: Some(model.clone()),
+                adapter: args.teacher_adapter.clone(),
+                ..args.model.clone()
+            };
+            let tlm = Arc::new(spec.load()?);
+            let cfg = PointwiseConfig::for_model(&tlm, None)?;
+            teacher_scorer = PointwiseScorer::new(tlm, None, cfg)?;
+            Some(Teacher::Model(&teacher_scorer))
+        }
+        (None, None) => None,
+    };
+
+    let total_queries = set.queries.len();
+    let bar: ProgressBar = progress(0, "train");
+    let report = trainer.train(&set, teacher, &args.out, |s| {
+        if bar.length() != Some(s.total_steps as u64) {
+            bar.set_length(s.total_steps as u64);
+        }
+        bar.set_position(s.step as u64);
+        bar.set_message(format!(
+            "epoch {} loss {:.4} lr {:.2e} {:.0} tok/s",
+            s.epoch, s.loss, s.learning_rate, s.tokens_per_second
+        ));
+        if let Some(n) = s.dev_ndcg {
+            bar.println(format!("step {}: dev nDCG@10 {n:.4}", s.step));
+        }
+    })?;
+    bar.finish_and_clear();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut out, &report)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "trained {} ({} queries, {} trainable values)",
+        args.out.display(),
+        total_queries,
+        report.parameters
+    )?;
+    writeln!(
+        out,
+        "steps {} (resumed from {}), last loss {:.4}, {:.0} tokens/s, {:.0} s",
+        report.steps,
+        report.resumed_from,
+        report.last_loss,
+        report.tokens_per_second,
+        report.seconds
+    )?;
+    if let Some(base) = report.dev_first_stage_ndcg {
+        let epochs: Vec<String> = report.dev_ndcg.iter().map(|n| format!("{n:.4}")).collect();
+        writeln!(
+            out,
+            "dev nDCG@10 ({} queries): first stage {base:.4}, epochs [{}], kept epoch {}",
+            report.dev_queries,
+            epochs.join(", "),
+            report
+                .best_epoch
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "-".into())
+        )?;
+    }
+    Ok(())
+}
