@@ -190,12 +190,15 @@ impl TrainingSet {
         Ok(set)
     }
 
-    /// Adds another set's queries (ids are prefixed with `tag/` to keep them apart).
+    /// Adds another set's queries, their ids prefixed with `tag/` to keep sources
+    /// apart (unless `tag` is empty).
     pub fn extend(&mut self, tag: &str, other: TrainingSet) {
         self.skipped.no_positive += other.skipped.no_positive;
         self.skipped.few_negatives += other.skipped.few_negatives;
         self.queries.extend(other.queries.into_iter().map(|mut q| {
-            q.id = format!("{tag}/{}", q.id);
+            if !tag.is_empty() {
+                q.id = format!("{tag}/{}", q.id);
+            }
             q
         }));
     }

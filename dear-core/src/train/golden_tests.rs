@@ -358,3 +358,143 @@ fn written_adapters_reload_with_the_same_tensors() {
         assert_eq!(a, b, "{k}");
     }
 }
+
+/// A tiny judged set over the passages of `lora/expected.json`.
+fn tiny_set() -> super::TrainingSet {
+    let text = std::fs::read_to_string(golden("lora/expected.json")).expect("lora/expected.json");
+    let exp: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let d = &exp["dear_inputs"];
+    let passages: Vec<crate::Passage> = d["passages"]
+        .as_array()
+        .expect("passages")
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut passage =
+                crate::Passage::new(p["text"].as_str().expect("text")).with_id(format!("d{i}"));
+            if let Some(t) = p["title"].as_str().filter(|t| !t.is_empty()) {
+                passage = passage.with_title(t);
+            }
+            passage
+        })
+        .collect();
+    let q = |text: &str, pos: usize, negs: [usize; 3]| super::TrainingQuery {
+        id: text.chars().take(12).collect(),
+        text: text.to_string(),
+        positives: vec![passages[pos].clone()],
+        negatives: negs.iter().map(|&i| passages[i].clone()).collect(),
+        candidates: Vec::new(),
+    };
+    let queries = d["queries"].as_array().expect("queries");
+    super::TrainingSet {
+        queries: vec![
+            q(queries[0].as_str().unwrap(), 0, [2, 4, 3]),
+            q(queries[1].as_str().unwrap(), 3, [2, 4, 0]),
+            q("how is a single relevance score computed?", 1, [2, 4, 3]),
+        ],
+        ..Default::default()
+    }
+}
+
+/// `dear train` on tiny-gqa (3 steps, dropout on, lr 1e-2) writes the committed
+/// `train/dear-trained/` adapter again (the run is reproducible), and transformers +
+/// peft, loading that adapter (`make_train_golden.py --peft-scores`), score the golden
+/// batch as dear's inference engine does. `DEAR_WRITE_GOLDEN=1` rewrites the adapter
+/// instead of comparing (then rerun the script for the peft scores).
+#[test]
+fn dear_trained_adapters_are_reproducible_and_load_in_peft() {
+    let lm =
+        LanguageModel::load(golden("models/tiny-gqa"), &LoadOptions::default()).expect("tiny-gqa");
+    let config = super::TrainConfig {
+        lora_r: 4,
+        lora_alpha: 8.0,
+        learning_rate: 1e-2,
+        negatives: 3,
+        negative_depth: 3,
+        batch_groups: 2,
+        grad_accum: 1,
+        max_steps: Some(3),
+        dev_queries: 0,
+        save_every: 0,
+        seed: 7,
+        base_model: "test-org/tiny-gqa".into(),
+        ..super::TrainConfig::default()
+    };
+    let trainer = super::PointwiseTrainer::new(&lm, config).expect("trainer");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("adapter");
+    let report = trainer
+        .train(&tiny_set(), None, &out, |_| {})
+        .expect("train");
+    assert_eq!(report.steps, 3);
+    let committed = golden("train/dear-trained");
+    if std::env::var_os("DEAR_WRITE_GOLDEN").is_some() {
+        std::fs::create_dir_all(&committed).unwrap();
+        for f in ["adapter_config.json", "adapter_model.safetensors"] {
+            std::fs::copy(out.join(f), committed.join(f)).unwrap();
+        }
+        return;
+    }
+    let got = load_safetensors_at(&out.join("adapter_model.safetensors"));
+    let want = load_safetensors_at(&committed.join("adapter_model.safetensors"));
+    assert_eq!(got.len(), want.len());
+    for (k, v) in &want {
+        let d = max_diff(&got[k], v);
+        assert!(d < 1e-6, "retrained {k} differs by {d}");
+    }
+    // The committed adapter through dear's inference engine vs transformers + peft.
+    let peft_scores: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(golden("train/dear-trained-peft-scores.json"))
+            .expect("peft scores"),
+    )
+    .unwrap();
+    let want = rows(&peft_scores["scores"]).concat();
+    let opts = LoadOptions::default()
+        .with_adapter(committed.to_string_lossy(), crate::AdapterMode::Unmerged);
+    let lm = LanguageModel::load(golden("models/tiny-gqa"), &opts).expect("with adapter");
+    let adapter = lm.llama().adapter("dear-trained");
+    assert!(adapter.is_some(), "adapter name");
+    let exp = expected();
+    let packed = batch(&exp);
+    for (i, span) in packed.spans.iter().enumerate() {
+        let ids = &packed.ids[span.clone()];
+        let out = lm
+            .llama()
+            .forward_with(
+                &crate::Batch::from_sequences(&[ids]).unwrap(),
+                &mut [],
+                crate::Outputs::last_scores(),
+                crate::ForwardOptions::default().with_adapter(adapter),
+            )
+            .unwrap();
+        let got = out
+            .scores
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()[0];
+        assert!(
+            (got - want[i]).abs() < 1e-4,
+            "sequence {i}: dear {got} vs peft {}",
+            want[i]
+        );
+    }
+}
+
+fn load_safetensors_at(path: &std::path::Path) -> HashMap<String, Vec<f32>> {
+    let st = crate::loader::safetensors::mmap(path).expect("safetensors");
+    st.tensors()
+        .into_iter()
+        .map(|(k, _)| {
+            let t = st.load(&k, &Device::Cpu).expect("tensor");
+            (
+                k,
+                t.flatten_all()
+                    .expect("flat")
+                    .to_vec1::<f32>()
+                    .expect("f32"),
+            )
+        })
+        .collect()
+}

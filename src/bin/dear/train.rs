@@ -39,7 +39,8 @@ pub struct TrainArgs {
     /// Take the negatives from this TREC run instead of BM25 (one --dataset only).
     #[arg(long)]
     run: Option<PathBuf>,
-    /// A TREC run with the teacher's scores (DeAR precomputes its 13B teacher's).
+    /// A TREC run with the teacher's scores (DeAR precomputes its 13B teacher's), for
+    /// the queries of one --dataset.
     #[arg(long, conflicts_with = "teacher")]
     teacher_run: Option<PathBuf>,
     /// A teacher model scored on the fly (a DeAR/RankLLaMA checkpoint, GGUF, HF dir or
@@ -170,6 +171,9 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     if args.dataset.is_empty() && args.self_supervised.is_empty() {
         bail!("nothing to train on: give --dataset DIR (judged) and/or --self-supervised CORPUS");
     }
+    if args.teacher_run.is_some() && (args.dataset.len() != 1 || !args.self_supervised.is_empty()) {
+        bail!("--teacher-run scores the queries of one --dataset; give exactly one and no --self-supervised");
+    }
     if args.run.is_some() && args.dataset.len() != 1 {
         bail!("--run gives the negatives of one --dataset; give exactly one");
     }
@@ -232,7 +236,9 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         trainer = trainer.with_batch_log(path);
     }
 
-    // Training data: judged datasets, then self-supervised corpora.
+    // Training data: judged datasets, then self-supervised corpora. Query ids keep
+    // their source's name as a prefix when there are several sources.
+    let single = args.dataset.len() + args.self_supervised.len() == 1;
     let mut set = TrainingSet::default();
     let depth = args.negative_depth + 20;
     for spec in &args.dataset {
@@ -265,7 +271,12 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
             part.skipped.few_negatives,
             args.negatives
         );
-        set.extend(&dataset.name(), part);
+        let tag = if single {
+            String::new()
+        } else {
+            dataset.name()
+        };
+        set.extend(&tag, part);
     }
     for path in &args.self_supervised {
         let passages = read_any(path)?;
@@ -295,7 +306,14 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
-        set.extend(&format!("self:{tag}"), part);
+        set.extend(
+            &if single {
+                String::new()
+            } else {
+                format!("self:{tag}")
+            },
+            part,
+        );
     }
 
     // The teacher.

@@ -1,0 +1,311 @@
+//! `dear train` end to end on the tiny fixture model and a small judged collection
+//! written by the test: a resumed run equals an uninterrupted one, the adapter loads
+//! in `dear score`, and bad input gets named errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("dear-core/tests/golden/models")
+        .join(name)
+}
+
+fn dear() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dear"))
+}
+
+const DOCS: [(&str, &str); 10] = [
+    (
+        "Cats",
+        "A note about cats: small carnivores that eat meat and sleep most of the day.",
+    ),
+    (
+        "Dogs",
+        "A note about dogs: loyal animals that people keep as pets and working helpers.",
+    ),
+    (
+        "Paris",
+        "A note about Paris: the capital of France, on the river Seine.",
+    ),
+    (
+        "Rust",
+        "A note about Rust: a programming language focused on safety and speed.",
+    ),
+    (
+        "Tea",
+        "A note about tea: brewed from the leaves of the camellia plant in hot water.",
+    ),
+    (
+        "Rain",
+        "A note about rain: it falls when water droplets in clouds grow heavy enough.",
+    ),
+    (
+        "Chess",
+        "A note about chess: a board game for two players on a checkered board.",
+    ),
+    (
+        "Bread",
+        "A note about bread: baked from flour, water, salt and yeast in an oven.",
+    ),
+    (
+        "Moon",
+        "A note about the moon: it orbits the earth about once every twenty seven days.",
+    ),
+    (
+        "Piano",
+        "A note about pianos: they sound when hammers strike their metal strings.",
+    ),
+];
+
+const QUERIES: [(&str, usize); 6] = [
+    ("a note about what cats eat", 0),
+    ("a note about the capital of France", 2),
+    ("a note about a safe fast programming language", 3),
+    ("a note about how bread is baked", 7),
+    ("a note about why rain falls from clouds", 5),
+    ("a note about how a piano makes sound", 9),
+];
+
+/// A BEIR folder with a `train` split (and an empty `dev` one).
+fn collection(dir: &Path) -> std::io::Result<()> {
+    let mut corpus = String::new();
+    for (i, (title, text)) in DOCS.iter().enumerate() {
+        corpus.push_str(
+            &serde_json::json!({"_id": format!("d{i}"), "title": title, "text": text}).to_string(),
+        );
+        corpus.push('\n');
+    }
+    std::fs::write(dir.join("corpus.jsonl"), corpus)?;
+    let mut queries = String::new();
+    let mut qrels = String::from("query-id\tcorpus-id\tscore\n");
+    for (i, (q, d)) in QUERIES.iter().enumerate() {
+        queries.push_str(&serde_json::json!({"_id": format!("q{i}"), "text": q}).to_string());
+        queries.push('\n');
+        qrels.push_str(&format!("q{i}\td{d}\t1\n"));
+    }
+    std::fs::write(dir.join("queries.jsonl"), queries)?;
+    std::fs::create_dir_all(dir.join("qrels"))?;
+    std::fs::write(dir.join("qrels/train.tsv"), qrels)?;
+    std::fs::write(
+        dir.join("qrels/dev.tsv"),
+        "query-id\tcorpus-id\tscore\nq0\td1\t0\n",
+    )?;
+    Ok(())
+}
+
+fn train(data: &Path, out: &Path, extra: &[&str]) -> std::io::Result<Output> {
+    dear()
+        .arg("train")
+        .arg("--model")
+        .arg(fixture("tiny-gqa"))
+        .arg("--dataset")
+        .arg(data)
+        .args(["--negatives", "2", "--negative-depth", "4"])
+        .args([
+            "--lora-r",
+            "4",
+            "--lora-alpha",
+            "8",
+            "--q-max-len",
+            "16",
+            "--p-max-len",
+            "48",
+        ])
+        .args([
+            "--batch-groups",
+            "2",
+            "--grad-accum",
+            "1",
+            "--lr",
+            "5e-3",
+            "--dev-queries",
+            "0",
+        ])
+        .args([
+            "--max-steps",
+            "4",
+            "--save-every",
+            "1",
+            "--seed",
+            "3",
+            "--json",
+        ])
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+}
+
+fn ok(out: &Output) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn err(out: &Output) -> String {
+    assert!(!out.status.success(), "expected a failure");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+#[test]
+fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    collection(&data)?;
+    let whole = tmp.path().join("whole");
+    let report = ok(&train(&data, &whole, &[])?)?;
+    assert_eq!(report["steps"], 4);
+    assert_eq!(report["queries"], 6);
+
+    // A run killed after its third checkpoint: the newest checkpoint and the output
+    // files are gone (a kill -9 between step 3's checkpoint and step 4's).
+    let cut = tmp.path().join("cut");
+    std::fs::create_dir_all(cut.join("checkpoints"))?;
+    for e in std::fs::read_dir(whole.join("checkpoints"))? {
+        let e = e?;
+        if e.file_name() == "step-0000003" {
+            let to = cut.join("checkpoints").join(e.file_name());
+            std::fs::create_dir_all(&to)?;
+            for f in std::fs::read_dir(e.path())? {
+                let f = f?;
+                std::fs::copy(f.path(), to.join(f.file_name()))?;
+            }
+        }
+    }
+    // Resuming needs --resume.
+    assert!(err(&train(&data, &cut, &[])?).contains("--resume"));
+    let resumed = ok(&train(&data, &cut, &["--resume"])?)?;
+    assert_eq!(resumed["resumed_from"], 3);
+    assert_eq!(resumed["steps"], 4);
+    let a = std::fs::read(whole.join("adapter_model.safetensors"))?;
+    let b = std::fs::read(cut.join("adapter_model.safetensors"))?;
+    assert!(
+        a == b,
+        "the resumed adapter differs from the uninterrupted one"
+    );
+
+    // Resuming with other settings is refused, naming the checkpoint.
+    let e = err(&train(&data, &cut, &["--resume", "--warmup-ratio", "0.5"])?);
+    assert!(e.contains("other settings"), "{e}");
+
+    // The adapter is a peft SEQ_CLS LoRA that `dear score` runs with its head.
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(whole.join("adapter_config.json"))?)?;
+    assert_eq!(config["task_type"], "SEQ_CLS");
+    assert_eq!(
+        config["modules_to_save"],
+        serde_json::json!(["classifier", "score"])
+    );
+    let docs = tmp.path().join("docs.jsonl");
+    std::fs::write(
+        &docs,
+        "{\"text\": \"Cats eat meat.\"}\n{\"text\": \"Paris is in France.\"}\n",
+    )?;
+    let scored = dear()
+        .arg("score")
+        .arg("--model")
+        .arg(fixture("tiny-gqa"))
+        .arg("--adapter")
+        .arg(&whole)
+        .args([
+            "--head",
+            "classifier",
+            "--query",
+            "what do cats eat",
+            "--json",
+        ])
+        .arg("--docs")
+        .arg(&docs)
+        .output()?;
+    let scored = ok(&scored)?;
+    let rows = scored.as_array().ok_or("rows")?;
+    assert_eq!(rows.len(), 2, "{scored}");
+    Ok(())
+}
+
+#[test]
+fn bad_training_input_gets_named_errors() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    collection(&data)?;
+    // A split that judges nothing relevant.
+    let e = err(&train(&data, &tmp.path().join("a"), &["--split", "dev"])?);
+    assert!(e.contains("judges no passage relevant"), "{e}");
+    // A split that does not exist.
+    let e = err(&train(&data, &tmp.path().join("b"), &["--split", "nope"])?);
+    assert!(e.contains("nope"), "{e}");
+    // An output directory that exists.
+    let taken = tmp.path().join("taken");
+    std::fs::create_dir_all(&taken)?;
+    std::fs::write(taken.join("x"), "")?;
+    let e = err(&train(&data, &taken, &[])?);
+    assert!(
+        e.contains("already exists") && e.contains("--overwrite"),
+        "{e}"
+    );
+    // Absurd options.
+    let e = err(&train(
+        &data,
+        &tmp.path().join("c"),
+        &["--lora-dropout", "1.5"],
+    )?);
+    assert!(e.contains("lora_dropout"), "{e}");
+    let e = err(&train(&data, &tmp.path().join("d"), &["--loss", "hinge"])?);
+    assert!(e.contains("unknown loss type"), "{e}");
+    // A teacher loss without a teacher.
+    let e = err(&train(
+        &data,
+        &tmp.path().join("e"),
+        &["--loss", "ranknet_teacher"],
+    )?);
+    assert!(e.contains("needs a teacher"), "{e}");
+    // A teacher run for queries the set does not have.
+    let run = tmp.path().join("teacher.trec");
+    std::fs::write(&run, "zz9 Q0 d1 1 3.5 t\n")?;
+    let e = err(&train(
+        &data,
+        &tmp.path().join("f"),
+        &["--teacher-run", run.to_str().ok_or("path")?],
+    )?);
+    assert!(e.contains("zz9"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn a_teacher_run_distils_into_the_student() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    collection(&data)?;
+    // The teacher scores every passage of every query (relevant ones highest).
+    let mut run = String::new();
+    for (i, (_, rel)) in QUERIES.iter().enumerate() {
+        for d in 0..DOCS.len() {
+            let score = if d == *rel { 5.0 } else { -(d as f64) * 0.3 };
+            run.push_str(&format!("q{i} Q0 d{d} {} {score} teacher\n", d + 1));
+        }
+    }
+    let path = tmp.path().join("teacher.trec");
+    std::fs::write(&path, run)?;
+    let report = ok(&train(
+        &data,
+        &tmp.path().join("out"),
+        &[
+            "--loss",
+            "listnet_teacher",
+            "--teacher-run",
+            path.to_str().ok_or("path")?,
+        ],
+    )?)?;
+    assert_eq!(report["steps"], 4);
+    assert!(report["last_loss"].as_f64().is_some_and(f64::is_finite));
+    Ok(())
+}
