@@ -39,8 +39,6 @@ pub(crate) struct FrozenLlama {
     pub(crate) norm: Tensor,
     /// The base's own `score` head, when it has one (`[labels, hidden]`).
     pub(crate) score: Option<Tensor>,
-    /// `[vocab, hidden]` LM head (the embedding when tied).
-    pub(crate) lm_head: FrozenMatrix,
     pub(crate) rope: super::rope::Rope,
 }
 
@@ -115,7 +113,6 @@ impl Llama {
             blocks,
             norm: f32_cpu(&self.norm.weight)?,
             score,
-            lm_head: frozen(&self.lm_head)?,
             rope: self.rope.clone(),
         })
     }

@@ -384,7 +384,10 @@ impl CustomOp1 for Rotary {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (rows, cols) = l.shape().dims2()?;
         let half = self.head_dim / 2;
-        if self.head_dim % 2 != 0 || cols % self.head_dim != 0 || self.cos.len() != rows * half {
+        if !self.head_dim.is_multiple_of(2)
+            || !cols.is_multiple_of(self.head_dim)
+            || self.cos.len() != rows * half
+        {
             return Err(msg(format!(
                 "rotary: [{rows}, {cols}] for head_dim {} and {} angles",
                 self.head_dim,

@@ -222,7 +222,7 @@ fn checkpointed_backward_gives_the_same_gradients() {
         params: &dropped,
     };
     let (_, ckpt) = net
-        .scores_backward(&batch(&exp), Some(7), true, |s| softmax_ce_of(s))
+        .scores_backward(&batch(&exp), Some(7), true, softmax_ce_of)
         .unwrap();
     let full = grads_of(
         &softmax_ce_of(&net.scores(&batch(&exp), Some(7)).unwrap()).unwrap(),

@@ -725,7 +725,7 @@ impl PointwiseTrainer {
             tokens_done += tokens;
             state.step = step;
             state.last_loss = loss_sum / passes.max(1) as f64;
-            let epoch_done = step % steps_per_epoch == 0 || step == total_steps;
+            let epoch_done = step.is_multiple_of(steps_per_epoch) || step == total_steps;
             let mut dev_ndcg = None;
             if epoch_done && !dev.is_empty() {
                 let ndcg = self.validate(Some(&params), &dev)?;
@@ -757,7 +757,7 @@ impl PointwiseTrainer {
                 tokens_per_second: tokens as f64 / secs.max(1e-9),
                 dev_ndcg,
             });
-            if (cfg.save_every > 0 && step % cfg.save_every == 0) || epoch_done {
+            if (cfg.save_every > 0 && step.is_multiple_of(cfg.save_every)) || epoch_done {
                 save_checkpoint(&ckpt_root, &params, &moments, &state, &self.meta())?;
             }
         }

@@ -440,23 +440,6 @@ impl Net<'_> {
         }
         Ok((value, grads))
     }
-
-    /// LM-head logits at the given token rows: `[rows.len(), vocab]`.
-    pub(crate) fn logits_at(
-        &self,
-        batch: &Packed,
-        rows: &[u32],
-        dropout_seed: Option<u64>,
-    ) -> crate::Result<Tensor> {
-        let x = self.hidden(batch, dropout_seed)?;
-        let idx = Tensor::new(rows, &Device::Cpu)?;
-        let h = rms_norm(
-            &x.index_select(&idx, 0)?,
-            &self.base.norm,
-            self.base.config.rms_norm_eps,
-        )?;
-        frozen_linear(&h, &self.base.lm_head)
-    }
 }
 
 /// Per-batch inputs every block reads.

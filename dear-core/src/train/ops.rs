@@ -294,7 +294,7 @@ impl CausalAttention {
     fn check(&self, tokens: usize, q: usize, k: usize, v: usize) -> candle_core::Result<()> {
         let d = self.head_dim;
         let ok = self.kv_heads > 0
-            && self.heads % self.kv_heads == 0
+            && self.heads.is_multiple_of(self.kv_heads)
             && q == tokens * self.heads * d
             && k == tokens * self.kv_heads * d
             && v == k
@@ -374,7 +374,7 @@ impl CausalAttention {
         let mut out = vec![0f32; tokens * hd];
         let out_ptr = SharedMut(out.as_mut_ptr());
         self.tasks().into_par_iter().for_each(|(s, g)| {
-            let out_ptr = out_ptr;
+            let out_ptr = &out_ptr;
             let span = &self.spans[s];
             let l = span.len();
             let mut p = vec![0f32; l * l];

@@ -88,8 +88,11 @@ pub(crate) fn adapter_config(meta: &AdapterMeta) -> String {
     serde_json::to_string_pretty(&v).unwrap_or_default()
 }
 
+/// A tensor to write: `(key, values, shape)`.
+pub(crate) type NamedTensor = (String, Vec<f32>, Vec<usize>);
+
 /// The trainable tensors as `(peft key, values, shape)`.
-pub(crate) fn tensors(params: &Trainable) -> crate::Result<Vec<(String, Vec<f32>, Vec<usize>)>> {
+pub(crate) fn tensors(params: &Trainable) -> crate::Result<Vec<NamedTensor>> {
     params
         .named()
         .into_iter()
@@ -101,10 +104,7 @@ pub(crate) fn tensors(params: &Trainable) -> crate::Result<Vec<(String, Vec<f32>
 }
 
 /// Writes f32 tensors to a safetensors file (metadata `{"format": "pt"}`).
-pub(crate) fn write_safetensors(
-    path: &Path,
-    tensors: &[(String, Vec<f32>, Vec<usize>)],
-) -> crate::Result<()> {
+pub(crate) fn write_safetensors(path: &Path, tensors: &[NamedTensor]) -> crate::Result<()> {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .iter()
         .map(|(k, v, s)| {
