@@ -15,9 +15,19 @@ use crate::Error;
 #[derive(Clone, Debug)]
 pub(crate) struct FrozenMatrix {
     pub(crate) weight: Arc<Vec<f32>>,
+    /// The stored ggml blocks of a quantized weight, when dear's integer kernels take
+    /// them (`x Wᵀ` then runs on the weights exactly as stored, as inference does).
+    pub(crate) blocks: Option<QuantizedBlocks>,
     pub(crate) out_dim: usize,
     pub(crate) in_dim: usize,
     pub(crate) bias: Option<Tensor>,
+}
+
+/// A block-quantized matrix's raw bytes, for `kernels::qgemm`.
+#[derive(Clone, Debug)]
+pub(crate) struct QuantizedBlocks {
+    pub(crate) dtype: candle_core::quantized::GgmlDType,
+    pub(crate) data: Arc<Vec<u8>>,
 }
 
 /// One decoder block's frozen weights, in transformers' module order.
@@ -39,6 +49,9 @@ pub(crate) struct FrozenLlama {
     pub(crate) norm: Tensor,
     /// The base's own `score` head, when it has one (`[labels, hidden]`).
     pub(crate) score: Option<Tensor>,
+    /// `[vocab, hidden]` LM head (the embedding when tied).
+    #[allow(dead_code)] // stage 2's trainer reads it; golden-tested against PyTorch now
+    pub(crate) lm_head: FrozenMatrix,
     pub(crate) rope: super::rope::Rope,
 }
 
@@ -49,13 +62,24 @@ fn f32_cpu(t: &Tensor) -> crate::Result<Tensor> {
 }
 
 fn frozen(linear: &Linear) -> crate::Result<FrozenMatrix> {
-    let w = match &linear.weight {
-        LinearWeight::Dense(w) => f32_cpu(w)?,
-        LinearWeight::Quantized { blocks, .. } => blocks.dequantize(&Device::Cpu)?,
+    let (w, blocks) = match &linear.weight {
+        LinearWeight::Dense(w) => (f32_cpu(w)?, None),
+        LinearWeight::Quantized { blocks, .. } => {
+            let raw = crate::kernels::qgemm::supported(blocks.dtype()).then(
+                || -> crate::Result<QuantizedBlocks> {
+                    Ok(QuantizedBlocks {
+                        dtype: blocks.dtype(),
+                        data: Arc::new(blocks.data()?.into_owned()),
+                    })
+                },
+            );
+            (blocks.dequantize(&Device::Cpu)?, raw.transpose()?)
+        }
     };
     let (out_dim, in_dim) = w.dims2()?;
     Ok(FrozenMatrix {
         weight: Arc::new(w.flatten_all()?.to_vec1::<f32>()?),
+        blocks,
         out_dim,
         in_dim,
         bias: match &linear.bias {
@@ -112,6 +136,7 @@ impl Llama {
             embed,
             blocks,
             norm: f32_cpu(&self.norm.weight)?,
+            lm_head: frozen(&self.lm_head)?,
             score,
             rope: self.rope.clone(),
         })

@@ -17,7 +17,8 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::ops::{matmul_into, slice, Mat};
+use super::ops::{forward_product, matmul_into, slice, Mat};
+use crate::model::frozen::QuantizedBlocks;
 
 fn msg(s: String) -> candle_core::Error {
     candle_core::Error::Msg(s)
@@ -68,6 +69,8 @@ pub(crate) fn dropout_mask(seed: u64, rows: usize, cols: usize, p: f64) -> Vec<f
 pub(crate) struct LoraLinear {
     /// `[out, in]`, row-major.
     pub(crate) weight: Arc<Vec<f32>>,
+    /// The stored blocks of a quantized weight (the forward product runs on them).
+    pub(crate) blocks: Option<QuantizedBlocks>,
     pub(crate) bias: Option<Arc<Vec<f32>>>,
     pub(crate) out_dim: usize,
     pub(crate) in_dim: usize,
@@ -123,16 +126,7 @@ impl CustomOp3 for LoraLinear {
         let (n, k, r) = (self.out_dim, self.in_dim, self.rank);
         let mut y = vec![0f32; rows * n];
         // y = x Wᵀ
-        matmul_into(
-            &mut y,
-            rows,
-            n,
-            k,
-            false,
-            Mat::rows(x, k),
-            Mat::transposed(&self.weight, k),
-            1.0,
-        );
+        forward_product(&mut y, x, rows, &self.weight, self.blocks.as_ref(), n, k)?;
         if let Some(bias) = &self.bias {
             y.par_chunks_mut(n)
                 .for_each(|row| row.iter_mut().zip(bias.iter()).for_each(|(v, b)| *v += b));
@@ -510,6 +504,7 @@ mod tests {
             let up = Tensor::randn(0f32, 1.0, (t, n), &dev)?;
             let op = LoraLinear {
                 weight: Arc::new(values(&w)?),
+                blocks: None,
                 bias: Some(Arc::new(values(&bias)?)),
                 out_dim: n,
                 in_dim: k,

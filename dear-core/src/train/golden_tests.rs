@@ -498,3 +498,63 @@ fn load_safetensors_at(path: &std::path::Path) -> HashMap<String, Vec<f32>> {
         })
         .collect()
 }
+
+/// Stage 2 on tiny-gqa with a CAUSAL_LM LoRA: the SFT loss on the answer tokens and
+/// FIRST's weighted RankNet on the first answer token's identifier logits, values and
+/// gradients as PyTorch + peft compute them.
+#[test]
+fn listwise_sft_and_first_token_losses_match_pytorch() {
+    let exp = expected();
+    let c = &exp["causal"];
+    let base = base();
+    let (params, meta) =
+        peft::load(&golden("train/init-causal"), &base, 0.0).expect("causal adapter");
+    assert_eq!(meta.task_type, "CAUSAL_LM");
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let (prompt, input) = (ids(&c["prompt_ids"]), ids(&c["input_ids"]));
+    let mut packed = Packed::default();
+    packed.push(&input);
+    let net = Net {
+        base: &base,
+        params: &params,
+    };
+    let grads = load_safetensors("train/grads.safetensors");
+    let check = |prefix: &str, got: Vec<(String, Vec<f32>)>| {
+        assert_eq!(got.len(), 24);
+        for (key, g) in got {
+            let d = max_diff(&g, &grads[&format!("{prefix}/{key}")]);
+            assert!(d < 1e-4, "{prefix}: gradient of {key} differs by {d}");
+        }
+    };
+    // SFT: rows prompt-1 .. len-2 predict the answer tokens.
+    let rows: Vec<u32> = (prompt.len() as u32 - 1..input.len() as u32 - 1).collect();
+    let logits = net.logits_at(&packed, &rows, None).unwrap();
+    let sft = super::loss::answer_cross_entropy(&logits, &input[prompt.len()..]).unwrap();
+    let want = c["sft"]["loss"].as_f64().unwrap() as f32;
+    assert!((sft.to_scalar::<f32>().unwrap() - want).abs() < 1e-4);
+    check("sft", grads_of(&sft, &params));
+    // FIRST on the last prompt position.
+    let f = &c["first"];
+    let order: Vec<usize> = f["target_order"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as usize)
+        .collect();
+    let pos = f["position"].as_u64().unwrap() as u32;
+    let logits = net.logits_at(&packed, &[pos], None).unwrap();
+    let loss = super::loss::first_token_loss(&logits, &ids(&f["identifier_ids"]), &order).unwrap();
+    let want = f["weighted_ranknet"].as_f64().unwrap() as f32;
+    assert!((loss.to_scalar::<f32>().unwrap() - want).abs() < 1e-4);
+    check("first", grads_of(&loss, &params));
+    assert!(
+        super::loss::first_token_loss(&logits, &ids(&f["identifier_ids"]), &[0, 0, 1, 2, 3])
+            .is_err()
+    );
+}

@@ -287,6 +287,64 @@ pub(crate) fn total_loss(
     }
 }
 
+/// Supervised fine-tuning on an answer: the mean cross-entropy of `logits`
+/// (`[answer tokens, vocab]`, row `t` predicting `targets[t]`), transformers'
+/// `ForCausalLMLoss` over the tokens whose label is not -100.
+#[allow(dead_code)] // stage 2's trainer reads it; golden-tested against PyTorch now
+pub(crate) fn answer_cross_entropy(logits: &Tensor, targets: &[u32]) -> crate::Result<Tensor> {
+    let idx = Tensor::new(targets, logits.device())?.unsqueeze(1)?;
+    let picked = log_softmax(logits)?.gather(&idx, 1)?;
+    Ok(picked.mean_all()?.neg()?)
+}
+
+/// FIRST's ranking loss on the logits of the first answer token (`[vocab]`): with
+/// `s_c` the logit of candidate `c`'s identifier token and `r_c` its 1-based rank in
+/// the target order, `(1/M) Σ_{r_i < r_j} softplus(s_j − s_i) / (r_i + r_j)` over the
+/// `M = n(n−1)/2` pairs (gangiswag/llm-reranker `rank_net(weighted=True)`: BCE with
+/// logits, weights `1/(r_i + r_j)`, mean reduction).
+///
+/// # Errors
+/// [`Error::InvalidArgument`] when `order` is not a permutation of the identifiers.
+#[allow(dead_code)] // stage 2's trainer reads it; golden-tested against PyTorch now
+pub(crate) fn first_token_loss(
+    logits: &Tensor,
+    identifiers: &[u32],
+    order: &[usize],
+) -> crate::Result<Tensor> {
+    let n = identifiers.len();
+    let mut rank = vec![0usize; n];
+    let mut seen = vec![false; n];
+    if order.len() != n
+        || order
+            .iter()
+            .any(|&c| c >= n || std::mem::replace(&mut seen[c], true))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "the target order {order:?} is not a permutation of {n} candidates"
+        )));
+    }
+    for (pos, &c) in order.iter().enumerate() {
+        rank[c] = pos + 1;
+    }
+    let ids = Tensor::new(identifiers, logits.device())?;
+    let s = logits.flatten_all()?.index_select(&ids, 0)?;
+    let (mut better, mut worse, mut weights) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        for j in 0..n {
+            if rank[i] < rank[j] {
+                better.push(i as u32);
+                worse.push(j as u32);
+                weights.push(1.0 / (rank[i] + rank[j]) as f32);
+            }
+        }
+    }
+    let dev = logits.device();
+    let d = (s.index_select(&Tensor::new(worse.as_slice(), dev)?, 0)?
+        - s.index_select(&Tensor::new(better.as_slice(), dev)?, 0)?)?;
+    let w = Tensor::new(weights.as_slice(), dev)?;
+    Ok((softplus(&d)? * w)?.mean_all()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -462,7 +462,7 @@ impl PointwiseTrainer {
         for i in 0..passages.len() {
             batch.push(&enc.full(i));
             if batch.tokens() >= 4096 || i + 1 == passages.len() {
-                out.extend(net.scores_detached(&batch)?);
+                out.extend(rayon::scope(|_| net.scores_detached(&batch))?);
                 batch = Packed::default();
             }
         }

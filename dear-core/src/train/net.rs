@@ -194,6 +194,7 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> crate::Result<Tensor> {
 fn frozen_linear(x: &Tensor, m: &FrozenMatrix) -> crate::Result<Tensor> {
     let y = x.contiguous()?.apply_op1(FrozenLinear {
         weight: m.weight.clone(),
+        blocks: m.blocks.clone(),
         out_dim: m.out_dim,
         in_dim: m.in_dim,
     })?;
@@ -225,6 +226,7 @@ impl Net<'_> {
         };
         let op = LoraLinear {
             weight: m.weight.clone(),
+            blocks: m.blocks.clone(),
             bias: match &m.bias {
                 Some(b) => Some(Arc::new(b.flatten_all()?.to_vec1::<f32>()?)),
                 None => None,
@@ -439,6 +441,25 @@ impl Net<'_> {
             }
         }
         Ok((value, grads))
+    }
+
+    /// LM-head logits at the given token rows, `[rows.len(), vocab]`, as one graph
+    /// (`LlamaForCausalLM`; the head is frozen, as DeAR's listwise LoRA leaves it).
+    #[allow(dead_code)] // stage 2's trainer reads it; golden-tested against PyTorch now
+    pub(crate) fn logits_at(
+        &self,
+        batch: &Packed,
+        rows: &[u32],
+        dropout_seed: Option<u64>,
+    ) -> crate::Result<Tensor> {
+        let x = self.hidden(batch, dropout_seed)?;
+        let idx = Tensor::new(rows, &Device::Cpu)?;
+        let h = rms_norm(
+            &x.index_select(&idx, 0)?,
+            &self.base.norm,
+            self.base.config.rms_norm_eps,
+        )?;
+        frozen_linear(&h, &self.base.lm_head)
     }
 }
 

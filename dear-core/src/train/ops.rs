@@ -15,6 +15,8 @@ use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 use gemm::Parallelism;
+
+use crate::model::frozen::QuantizedBlocks;
 use rayon::prelude::*;
 
 pub(crate) fn slice<'a>(
@@ -171,48 +173,65 @@ fn threads() -> Parallelism {
     }
 }
 
-/// `x [rows, in] · Wᵀ` (or `· W` when `transposed`), the weight `[out, in]` row-major.
-fn matmul_frozen(
+/// `g [rows, out] · W`, the weight `[out, in]` row-major.
+fn matmul_frozen_t(g: &[f32], rows: usize, w: &[f32], out_dim: usize, in_dim: usize) -> Vec<f32> {
+    let mut y = vec![0f32; rows * in_dim];
+    matmul_into(
+        &mut y,
+        rows,
+        in_dim,
+        out_dim,
+        false,
+        Mat::rows(g, out_dim),
+        Mat::rows(w, in_dim),
+        1.0,
+    );
+    y
+}
+
+/// `x Wᵀ` into `y` (`[rows, out]`, overwritten): with dear's integer kernels on the
+/// stored blocks of a quantized weight (activations rounded to ~15 bits per block, as
+/// inference computes them by default), else an f32 GEMM.
+pub(crate) fn forward_product(
+    y: &mut [f32],
     x: &[f32],
     rows: usize,
-    w: &[f32],
+    weight: &[f32],
+    blocks: Option<&QuantizedBlocks>,
     out_dim: usize,
     in_dim: usize,
-    transposed: bool,
-) -> Vec<f32> {
-    if transposed {
-        let mut y = vec![0f32; rows * in_dim];
-        matmul_into(
-            &mut y,
-            rows,
-            in_dim,
-            out_dim,
-            false,
-            Mat::rows(x, out_dim),
-            Mat::rows(w, in_dim),
-            1.0,
-        );
-        y
-    } else {
-        let mut y = vec![0f32; rows * out_dim];
-        matmul_into(
-            &mut y,
-            rows,
+) -> candle_core::Result<()> {
+    if let Some(b) = blocks {
+        return crate::kernels::qgemm::matmul(
+            b.dtype,
+            &b.data,
             out_dim,
             in_dim,
-            false,
-            Mat::rows(x, in_dim),
-            Mat::transposed(w, in_dim),
-            1.0,
-        );
-        y
+            x,
+            rows,
+            y,
+            crate::kernels::qgemm::Precision::Int16,
+        )
+        .map_err(|e| candle_core::Error::Msg(e.to_string()));
     }
+    matmul_into(
+        y,
+        rows,
+        out_dim,
+        in_dim,
+        false,
+        Mat::rows(x, in_dim),
+        Mat::transposed(weight, in_dim),
+        1.0,
+    );
+    Ok(())
 }
 
 /// `x Wᵀ` with a frozen weight: the backward gives `∂x = ∂y W` and nothing for `W`.
 #[derive(Clone, Debug)]
 pub(crate) struct FrozenLinear {
     pub(crate) weight: Arc<Vec<f32>>,
+    pub(crate) blocks: Option<QuantizedBlocks>,
     pub(crate) out_dim: usize,
     pub(crate) in_dim: usize,
 }
@@ -234,7 +253,16 @@ impl CustomOp1 for FrozenLinear {
             )));
         }
         let x = slice(s, l)?;
-        let y = matmul_frozen(x, rows, &self.weight, self.out_dim, self.in_dim, false);
+        let mut y = vec![0f32; rows * self.out_dim];
+        forward_product(
+            &mut y,
+            x,
+            rows,
+            &self.weight,
+            self.blocks.as_ref(),
+            self.out_dim,
+            self.in_dim,
+        )?;
         Ok((CpuStorage::F32(y), Shape::from((rows, self.out_dim))))
     }
 
@@ -266,7 +294,7 @@ impl CustomOp1 for FrozenLinearBackward {
             )));
         }
         let g = slice(s, l)?;
-        let dx = matmul_frozen(g, rows, &w.weight, w.out_dim, w.in_dim, true);
+        let dx = matmul_frozen_t(g, rows, &w.weight, w.out_dim, w.in_dim);
         Ok((CpuStorage::F32(dx), Shape::from((rows, w.in_dim))))
     }
 }
@@ -686,6 +714,7 @@ mod tests {
         let w = Tensor::randn(0f32, 1.0, (5, 3), &dev)?;
         let lin = FrozenLinear {
             weight: Arc::new(w.flatten_all()?.to_vec1()?),
+            blocks: None,
             out_dim: 5,
             in_dim: 3,
         };

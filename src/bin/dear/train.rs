@@ -53,6 +53,10 @@ pub struct TrainArgs {
     /// Output adapter directory.
     #[arg(long)]
     out: PathBuf,
+    /// `base_model_name_or_path` written into adapter_config.json (the hub id peft
+    /// loads the base from) [default: the --model path].
+    #[arg(long)]
+    base_model_name: Option<String>,
     /// Replace --out if it exists (its checkpoints are lost).
     #[arg(long, conflicts_with = "resume")]
     overwrite: bool,
@@ -228,7 +232,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         save_every: args.save_every,
         dev_queries: args.dev_queries,
         eval_depth: 30,
-        base_model: String::new(),
+        base_model: args.base_model_name.clone().unwrap_or_default(),
     };
     let lm = args.model.load()?;
     let mut trainer = PointwiseTrainer::new(&lm, config)?;
