@@ -51,7 +51,7 @@ enum Command {
     /// Measure the fixed workloads (W1 pointwise, W2 listwise) on a model.
     Bench(bench::BenchArgs),
     /// Train a DeAR pointwise student (LoRA + score head) by distillation.
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
 }
 
 /// Which model to load and how.
