@@ -350,12 +350,20 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
             bar.set_length(s.total_steps as u64);
         }
         bar.set_position(s.step as u64);
-        bar.set_message(format!(
+        let line = format!(
             "epoch {} loss {:.4} lr {:.2e} {:.0} tok/s",
             s.epoch, s.loss, s.learning_rate, s.tokens_per_second
-        ));
+        );
+        if bar.is_hidden() {
+            // No terminal (a log file, nohup): a line every 10 steps instead of a bar.
+            if s.step % 10 == 0 || s.step == s.total_steps {
+                eprintln!("step {}/{}: {line}", s.step, s.total_steps);
+            }
+        } else {
+            bar.set_message(line);
+        }
         if let Some(n) = s.dev_ndcg {
-            bar.println(format!("step {}: dev nDCG@10 {n:.4}", s.step));
+            bar.suspend(|| eprintln!("step {}: dev nDCG@10 {n:.4}", s.step));
         }
     })?;
     bar.finish_and_clear();
