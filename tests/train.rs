@@ -280,6 +280,33 @@ fn bad_training_input_gets_named_errors() -> TestResult {
 }
 
 #[test]
+fn training_continues_from_an_adapter() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    collection(&data)?;
+    let first = tmp.path().join("first");
+    ok(&train(&data, &first, &[])?)?;
+    let first_str = first.to_str().ok_or("path")?;
+    // A second cycle starts from the first's adapter: its weights, not fresh ones.
+    let second = tmp.path().join("second");
+    ok(&train(&data, &second, &["--init-adapter", first_str])?)?;
+    let fresh = tmp.path().join("fresh");
+    ok(&train(&data, &fresh, &[])?)?;
+    let weights = |dir: &Path| std::fs::read(dir.join("adapter_model.safetensors"));
+    assert_ne!(weights(&second)?, weights(&fresh)?);
+    assert_ne!(weights(&second)?, weights(&first)?);
+    // An adapter of another shape is refused, naming the difference.
+    let e = err(&train(
+        &data,
+        &tmp.path().join("r8"),
+        &["--init-adapter", first_str, "--targets", "q_proj,v_proj"],
+    )?);
+    assert!(e.contains("it targets") && e.contains("first"), "{e}");
+    Ok(())
+}
+
+#[test]
 fn a_teacher_run_distils_into_the_student() -> TestResult {
     let tmp = tempfile::tempdir()?;
     let data = tmp.path().join("data");

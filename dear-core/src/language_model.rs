@@ -14,10 +14,9 @@ use crate::{ChatMessage, Error, Tokenizer};
 /// The file name of the default model inside the dear cache.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// Where `scripts/fetch-model.sh` puts the default model (SmolLM2-135M-Instruct,
-/// Q4_1 GGUF): `$DEAR_HOME/models/`, with `DEAR_HOME` defaulting to `~/.cache/dear`.
-pub fn default_model_path() -> PathBuf {
-    let home = std::env::var_os("DEAR_HOME")
+/// The dear cache: `$DEAR_HOME`, defaulting to `~/.cache/dear`.
+fn dear_home() -> PathBuf {
+    std::env::var_os("DEAR_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -26,8 +25,31 @@ pub fn default_model_path() -> PathBuf {
                 .unwrap_or_default()
                 .join(".cache")
                 .join("dear")
-        });
-    home.join("models").join(DEFAULT_MODEL_FILE)
+        })
+}
+
+/// Where `scripts/fetch-model.sh` puts the default model (SmolLM2-135M-Instruct,
+/// Q4_1 GGUF): `$DEAR_HOME/models/`, with `DEAR_HOME` defaulting to `~/.cache/dear`.
+pub fn default_model_path() -> PathBuf {
+    dear_home().join("models").join(DEFAULT_MODEL_FILE)
+}
+
+/// The folder name of the default pointwise student (a PEFT LoRA adapter with a
+/// `score` head, trained by `dear train` on the default model).
+pub const DEFAULT_STUDENT: &str = "smollm2-135m-dear-student";
+
+/// Where the default pointwise student is: the `models/` folder of the source tree
+/// dear was built from, else `$DEAR_HOME/adapters/` (where `scripts/fetch-model.sh`
+/// installs it, for binaries that outlive their source tree).
+pub fn default_student_path() -> PathBuf {
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("models")
+        .join(DEFAULT_STUDENT);
+    if source.join("adapter_config.json").is_file() {
+        return std::fs::canonicalize(&source).unwrap_or(source);
+    }
+    dear_home().join("adapters").join(DEFAULT_STUDENT)
 }
 
 /// A Llama network with its tokenizer.
@@ -263,14 +285,7 @@ impl LanguageModel {
 /// (paths differ between machines, so it is not an error: shapes are checked instead).
 fn warn_on_base_mismatch(adapter: &LoraAdapter, base_spec: &str) {
     if let Some(declared) = adapter.config.base_model_name_or_path.as_deref() {
-        let tail = |s: &str| {
-            s.trim_end_matches('/')
-                .rsplit('/')
-                .next()
-                .unwrap_or("")
-                .to_ascii_lowercase()
-        };
-        if !declared.is_empty() && tail(declared) != tail(base_spec) {
+        if !declared.is_empty() && !same_base(declared, base_spec) {
             tracing::warn!(
                 adapter = %adapter.name,
                 declared,
@@ -278,5 +293,47 @@ fn warn_on_base_mismatch(adapter: &LoraAdapter, base_spec: &str) {
                 "the adapter declares another base model; its shapes fit, so it is applied"
             );
         }
+    }
+}
+
+/// Whether a base named `declared` (a hub id or path) is plausibly `base_spec`: the
+/// same last path component, or a GGUF file named after it with a quantization
+/// suffix (`HuggingFaceTB/SmolLM2-135M-Instruct` ~ `SmolLM2-135M-Instruct.Q4_1.gguf`).
+fn same_base(declared: &str, base_spec: &str) -> bool {
+    let tail = |s: &str| {
+        s.trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase()
+    };
+    let (want, have) = (tail(declared), tail(base_spec));
+    want == have
+        || have.strip_suffix(".gguf").is_some_and(|stem| {
+            stem == want
+                || stem
+                    .strip_prefix(want.as_str())
+                    .is_some_and(|rest| rest.starts_with(['.', '-', '_']))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_base;
+
+    #[test]
+    fn a_gguf_file_is_the_model_it_is_named_after() {
+        let hub = "HuggingFaceTB/SmolLM2-135M-Instruct";
+        assert!(same_base(
+            hub,
+            "/cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+        ));
+        assert!(same_base(hub, "/cache/SmolLM2-135M-Instruct.gguf"));
+        assert!(same_base(hub, "other-org/smollm2-135m-instruct/"));
+        assert!(!same_base(hub, "/cache/SmolLM2-360M-Instruct.Q4_1.gguf"));
+        assert!(!same_base(hub, "meta-llama/Llama-3.2-1B"));
+        assert!(!same_base(hub, "/cache/SmolLM2-135M.gguf"));
+        // Only a GGUF file name gets the suffix allowance.
+        assert!(!same_base(hub, "/cache/SmolLM2-135M-Instruct.Q4_1"));
     }
 }

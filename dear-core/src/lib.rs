@@ -53,15 +53,18 @@ pub use crate::generate::{
     generate, generate_with_hook, FinishReason, GenerateOptions, Generation, LogitsHook, NextToken,
     Sampling,
 };
-pub use crate::language_model::{default_model_path, LanguageModel, DEFAULT_MODEL_FILE};
+pub use crate::language_model::{
+    default_model_path, default_student_path, LanguageModel, DEFAULT_MODEL_FILE, DEFAULT_STUDENT,
+};
 pub use crate::loader::{
     AdapterMode, AdapterSpec, HubOptions, LoadOptions, Quantization, QuantizedMatmul, WeightDType,
 };
 pub use crate::model::{AdapterId, ForwardOptions, ForwardOutput, KvCache, Llama, Outputs, Select};
 pub use crate::pipeline::{
-    relevance, Candidate, ChunkSpan, Chunking, DearSetup, HeadChoice, ListwiseStage,
+    relevance, Candidate, ChunkSpan, Chunking, DearSetup, Fusion, HeadChoice, ListwiseStage,
     PointwiseStage, RankedDocument, Ranking, RerankOptions, RerankReport, RerankedHit,
     RerankedResults, Reranker, Stage, StageFailure, StageReport, StageStatus, Stages,
+    DEFAULT_STUDENT_FUSION,
 };
 pub use crate::rerank::{
     has_ranking, listwise_passage_text, listwise_prompt_ids, parse_ranking, slide, EncodedQuery,

@@ -30,11 +30,15 @@ const LISTWISE: Stages = Stages {
     listwise: true,
 };
 
-/// The default model's pointwise stage alone (the yes/no head: it has no `score` head).
+/// The default model with no adapter: both stages, the yes/no head (it has no `score`
+/// head of its own).
+fn plain_setup() -> DearSetup {
+    DearSetup::new(dear_core::default_model_path())
+}
+
+/// The default model's pointwise stage alone (the yes/no head).
 fn pointwise_reranker() -> Result<Reranker, Error> {
-    DearSetup::default_model()
-        .with_stages(POINTWISE)
-        .build_on(model())
+    plain_setup().with_stages(POINTWISE).build_on(model())
 }
 
 /// Candidates `d0`.. in first-stage order (scores descending).
@@ -67,7 +71,7 @@ fn failure_of<H>(r: &RerankedResults<H>, stage: Stage) -> Option<&StageFailure> 
 /// deadline, and the first-stage order comes back whole.
 #[test]
 fn a_1ms_deadline_on_the_default_model_keeps_the_first_stage_order() -> TestResult {
-    let reranker = DearSetup::default_model().build()?;
+    let reranker = plain_setup().build()?;
     assert!(reranker.pointwise().is_some() && reranker.listwise().is_some());
     let texts = short_texts(40);
     let options = RerankOptions::default().with_timeout(Duration::from_millis(1));
@@ -96,7 +100,7 @@ fn a_1ms_deadline_on_the_default_model_keeps_the_first_stage_order() -> TestResu
 /// [`Error::EmptyInput`], reported as a model error; the first-stage order stands.
 #[test]
 fn an_empty_query_is_a_model_error_of_each_stage() -> TestResult {
-    let reranker = DearSetup::default_model().build_on(model())?;
+    let reranker = plain_setup().build_on(model())?;
     let texts = short_texts(3);
     let out = reranker.rerank("   ", candidates(&texts), &RerankOptions::default())?;
     assert_eq!(handles(&out), [0, 1, 2]);
@@ -110,6 +114,67 @@ fn an_empty_query_is_a_model_error_of_each_stage() -> TestResult {
             ),
             "{stage}: {why:?}"
         );
+    }
+    Ok(())
+}
+
+/// The default setup: the shipped pointwise student (a `score` head) fused with BM25,
+/// no listwise stage; its hits are ordered by the fused score, which is their relevance.
+#[test]
+fn the_default_setup_is_the_student_fused_with_the_first_stage() -> TestResult {
+    let setup = DearSetup::default_model();
+    assert_eq!(setup.fusion(), dear_core::DEFAULT_STUDENT_FUSION);
+    assert_eq!(setup.stages(), POINTWISE);
+    let student = dear_core::default_student_path();
+    assert_eq!(
+        setup.pointwise_adapter(),
+        Some(student.to_string_lossy().as_ref())
+    );
+    let reranker = setup.build()?;
+    assert!(reranker.pointwise().is_some() && reranker.listwise().is_none());
+    assert_eq!(reranker.fusion(), dear_core::DEFAULT_STUDENT_FUSION);
+    let texts = [
+        "Cargo is Rust's build system and package manager.",
+        "A Mutex lets threads share data safely: one thread at a time holds the lock.",
+        "The borrow checker rejects data races at compile time.",
+        "Channels send values from one thread to another.",
+    ]
+    .map(String::from);
+    let out = reranker.rerank(
+        "how do threads share data safely",
+        candidates(&texts),
+        &RerankOptions::default(),
+    )?;
+    assert_eq!(
+        out.report.stage(Stage::Pointwise).map(|s| &s.status),
+        Some(&StageStatus::Completed)
+    );
+    let fused: Vec<f32> = out
+        .hits
+        .iter()
+        .map(|h| h.fused_score.unwrap_or(f32::NAN))
+        .collect();
+    assert!(fused.windows(2).all(|w| w[0] >= w[1]), "{fused:?}");
+    assert!(out
+        .hits
+        .iter()
+        .all(|h| h.relevance == h.fused_score.unwrap_or(-1.0)));
+    // The same scores through the library's own pieces: the student alone, then the fusion.
+    let alone = reranker.rerank(
+        "how do threads share data safely",
+        candidates(&texts),
+        &RerankOptions::default().with_fusion(dear_core::Fusion::Off),
+    )?;
+    let mut by_first = alone.hits.clone();
+    by_first.sort_by_key(|h| h.first_rank);
+    let student_scores: Vec<f32> = by_first
+        .iter()
+        .map(|h| h.pointwise_score.unwrap_or(f32::NAN))
+        .collect();
+    let first_scores: Vec<f32> = by_first.iter().map(|h| h.first_score).collect();
+    let expect = dear_core::DEFAULT_STUDENT_FUSION.fuse(&first_scores, &student_scores);
+    for h in &out.hits {
+        assert_eq!(h.fused_score, Some(expect[h.index]));
     }
     Ok(())
 }

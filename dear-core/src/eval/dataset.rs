@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use crate::corpus::{read_beir_corpus, read_beir_queries};
 use crate::eval::{evaluate, trec_eval_order, Qrels, QueryMetrics, Run};
 use crate::{
-    Candidate, Error, Passage, RerankOptions, RerankedHit, RerankedResults, Reranker, Stage,
-    StageFailure,
+    Candidate, Error, Fusion, Passage, RerankOptions, RerankedHit, RerankedResults, Reranker,
+    Stage, StageFailure,
 };
 
 /// A BEIR dataset folder: `corpus.jsonl`, `queries.jsonl`, `qrels/<split>.tsv`.
@@ -50,6 +50,24 @@ impl Dataset {
             queries,
             qrels,
         })
+    }
+
+    /// Keeps the queries whose ids are in `ids` (a held-back validation slice, say).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when none of them is a judged query of the split.
+    pub fn with_query_ids<S: AsRef<str>>(mut self, ids: &[S]) -> crate::Result<Self> {
+        let keep: std::collections::HashSet<&str> = ids.iter().map(AsRef::as_ref).collect();
+        self.queries.retain(|(id, _)| keep.contains(id.as_str()));
+        if self.queries.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "{}: none of the {} query ids given is judged in qrels/{}.tsv",
+                self.dir.display(),
+                keep.len(),
+                self.split
+            )));
+        }
+        Ok(self)
     }
 
     /// Keeps the first `n` queries.
@@ -183,6 +201,54 @@ pub struct DatasetEvaluation {
     pub queries: usize,
     /// The first stage and every stage the options ran.
     pub stages: BTreeMap<Stage, StageEvaluation>,
+    /// Per query, in first-stage order: each candidate's id, first-stage score and
+    /// pointwise score (queries the pointwise stage scored).
+    scores: BTreeMap<String, Vec<(String, f32, f32)>>,
+}
+
+impl DatasetEvaluation {
+    /// The pointwise order the queries would have had under `fusion` (with the
+    /// unscored candidates after, in first-stage order; queries the pointwise stage did
+    /// not score keep the first-stage order), and its mean metrics against `qrels`: a
+    /// sweep over fusion settings costs no model call.
+    ///
+    /// # Errors
+    /// An invalid fusion setting.
+    pub fn with_fusion(&self, qrels: &Qrels, fusion: Fusion) -> crate::Result<(Run, QueryMetrics)> {
+        fusion.validate()?;
+        let mut run = Run::new();
+        let empty = Run::new();
+        let first = self.stages.get(&Stage::First).map_or(&empty, |e| &e.run);
+        for qid in first.queries() {
+            let list = first.get(qid).unwrap_or(&[]);
+            let ranked: Vec<(String, f64)> = match self.scores.get(qid) {
+                Some(scored) => {
+                    let f: Vec<f32> = scored.iter().map(|c| c.1).collect();
+                    let m: Vec<f32> = scored.iter().map(|c| c.2).collect();
+                    let keys = fusion.fuse(&f, &m);
+                    let mut order: Vec<usize> = (0..scored.len()).collect();
+                    order.sort_by(|&a, &b| keys[b].total_cmp(&keys[a]));
+                    let mut ids: Vec<&str> = order.iter().map(|&i| scored[i].0.as_str()).collect();
+                    let seen: std::collections::HashSet<&str> = ids.iter().copied().collect();
+                    ids.extend(
+                        trec_eval_order(list)
+                            .into_iter()
+                            .map(|(d, _)| d)
+                            .filter(|d| !seen.contains(d)),
+                    );
+                    let n = ids.len();
+                    ids.iter()
+                        .enumerate()
+                        .map(|(r, d)| (d.to_string(), (n - r) as f64))
+                        .collect()
+                }
+                None => list.to_vec(),
+            };
+            run.insert(qid.to_string(), ranked)?;
+        }
+        let metrics = evaluate(qrels, &run).mean;
+        Ok((run, metrics))
+    }
 }
 
 /// Progress of [`evaluate_dataset`], reported after each query.
@@ -236,6 +302,7 @@ pub fn evaluate_dataset(
     let mut runs: BTreeMap<Stage, Run> = shown.iter().map(|&s| (s, Run::new())).collect();
     let mut time: BTreeMap<Stage, Duration> = BTreeMap::new();
     let mut failures: BTreeMap<Stage, Vec<(String, StageFailure)>> = BTreeMap::new();
+    let mut scores = BTreeMap::new();
     for (qid, text) in dataset.queries() {
         let start = Instant::now();
         let candidates = first.candidates(qid, text, options.candidates())?;
@@ -251,6 +318,18 @@ pub fn evaluate_dataset(
         }
         for (&stage, run) in runs.iter_mut() {
             run.insert(qid.clone(), ranked(&stage_order(&results.hits, stage)))?;
+        }
+        let mut by_first: Vec<&RerankedHit> = results.hits.iter().collect();
+        by_first.sort_by_key(|h| h.first_rank);
+        let scored: Vec<(String, f32, f32)> = by_first
+            .iter()
+            .filter_map(|h| {
+                h.pointwise_score
+                    .map(|s| (h.id().to_string(), h.first_score, s))
+            })
+            .collect();
+        if !scored.is_empty() {
+            scores.insert(qid.clone(), scored);
         }
         progress(QueryDone {
             query_id: qid,
@@ -277,6 +356,7 @@ pub fn evaluate_dataset(
     Ok(DatasetEvaluation {
         queries: dataset.queries().len(),
         stages,
+        scores,
     })
 }
 
@@ -330,6 +410,77 @@ mod tests {
         std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
     }
 
+    /// Scores passages by the number in their text.
+    struct Numbers;
+
+    impl crate::PointwiseStage for Numbers {
+        fn key(&self) -> String {
+            "numbers".into()
+        }
+        fn score(
+            &self,
+            _: &crate::Query,
+            p: &[Passage],
+            _: Option<Instant>,
+        ) -> crate::Result<crate::Scored> {
+            Ok(crate::Scored {
+                scores: p.iter().map(|p| p.text.parse().unwrap_or(0.0)).collect(),
+                tokens: 0,
+            })
+        }
+    }
+
+    #[test]
+    fn fusion_settings_are_swept_without_the_model() -> crate::Result<()> {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io("tmp", e))?;
+        let dir = tmp.path().join("tiny");
+        write(
+            &dir,
+            "queries.jsonl",
+            "{\"_id\": \"q1\", \"text\": \"rain\"}\n",
+        )?;
+        write(&dir, "qrels/test.tsv", "q1\tc\t1\n")?;
+        let dataset = Dataset::open(&dir, "test")?;
+        // First-stage scores 10, 9, 8 for a, b, c; the model's 0, 5, 4. The relevant c is
+        // 3rd for BM25, 2nd for the model; interpolation at 0.5 gives a 0.5, b 0.75,
+        // c 0.4: 3rd. RRF (k 60): a 1/61+1/63, b 1/62+1/61, c 1/63+1/62: 3rd.
+        let first = Fixed(vec![
+            Passage::new("0").with_id("a"),
+            Passage::new("5").with_id("b"),
+            Passage::new("4").with_id("c"),
+        ]);
+        let reranker = Reranker::new().with_pointwise(Numbers);
+        let options = RerankOptions::default().with_stages(crate::Stages {
+            pointwise: true,
+            listwise: false,
+        });
+        let report = evaluate_dataset(&dataset, &first, &reranker, &options, &mut |_| {})?;
+        let pointwise = report.stages[&Stage::Pointwise].metrics.ndcg_at_10;
+        let at = |f: Fusion| -> crate::Result<f64> {
+            Ok(report.with_fusion(dataset.qrels(), f)?.1.ndcg_at_10)
+        };
+        let second = 1.0 / 3f64.log2();
+        let third = 0.5;
+        assert!((pointwise - second).abs() < 1e-12);
+        assert!((at(Fusion::Off)? - second).abs() < 1e-12);
+        assert!((at(Fusion::Interpolate { weight: 1.0 })? - second).abs() < 1e-12);
+        assert!((at(Fusion::Interpolate { weight: 0.0 })? - third).abs() < 1e-12);
+        assert!((at(Fusion::Interpolate { weight: 0.5 })? - third).abs() < 1e-12);
+        assert!((at(Fusion::Interpolate { weight: 0.9 })? - second).abs() < 1e-12);
+        assert!(report
+            .with_fusion(dataset.qrels(), Fusion::Interpolate { weight: -1.0 })
+            .is_err());
+        // The sweep's order matches what the reranker does with the same setting.
+        let fused = options.with_fusion(Fusion::Interpolate { weight: 0.9 });
+        let live = evaluate_dataset(&dataset, &first, &reranker, &fused, &mut |_| {})?;
+        let (run, _) = report.with_fusion(dataset.qrels(), Fusion::Interpolate { weight: 0.9 })?;
+        assert_eq!(
+            trec_eval_order(run.get("q1").unwrap_or(&[])),
+            trec_eval_order(live.stages[&Stage::Pointwise].run.get("q1").unwrap_or(&[]))
+        );
+        Ok(())
+    }
+
     #[test]
     fn a_dataset_is_evaluated_per_stage() -> crate::Result<()> {
         let tmp = tempfile::tempdir().map_err(|e| Error::io("tmp", e))?;
@@ -366,6 +517,13 @@ mod tests {
         assert!((e.metrics.mrr_at_10 - 0.75).abs() < 1e-12);
         assert_eq!(e.run.get("q1").map(|l| l.len()), Some(2));
         assert!(e.failures.is_empty());
+        // Only the ids asked for; none judged is an error naming the split.
+        let q2 = Dataset::open(&dir, "test")?.with_query_ids(&["q2", "q9"])?;
+        assert_eq!(q2.queries().len(), 1);
+        let err = Dataset::open(&dir, "test")?
+            .with_query_ids(&["q9"])
+            .unwrap_err();
+        assert!(err.to_string().contains("qrels/test.tsv"), "{err}");
         // No judged query is an error naming the split.
         write(&dir, "qrels/dev.tsv", "q9\ta\t1\n")?;
         let err = Dataset::open(&dir, "dev").unwrap_err().to_string();

@@ -10,13 +10,15 @@
 //!   [`Scheduler`](crate::Scheduler), [`PointwiseScorer`](crate::PointwiseScorer) and
 //!   [`ListwiseRanker`](crate::ListwiseRanker), or by your own.
 //! - [`RerankOptions`]: candidates, listwise depth and windows, stages, deadline,
-//!   passage length, [`Chunking`] (MaxP), `top_n`, `min_score`.
+//!   passage length, [`Chunking`] (MaxP), [`Fusion`] with the first stage, `top_n`,
+//!   `min_score`.
 //! - [`DearSetup`]: DeAR's real setup (one base, a pointwise and a listwise adapter)
 //!   built by the library.
 
 mod cache;
 mod chunk;
 mod failure;
+mod fusion;
 mod options;
 mod reranker;
 mod results;
@@ -25,10 +27,11 @@ mod stage;
 
 pub use self::chunk::Chunking;
 pub use self::failure::StageFailure;
+pub use self::fusion::Fusion;
 pub use self::options::{RerankOptions, Stages};
 pub use self::reranker::{relevance, Candidate, RankedDocument, Ranking, Reranker};
 pub use self::results::{
     ChunkSpan, RerankReport, RerankedHit, RerankedResults, Stage, StageReport, StageStatus,
 };
-pub use self::setup::{DearSetup, HeadChoice};
+pub use self::setup::{DearSetup, HeadChoice, DEFAULT_STUDENT_FUSION};
 pub use self::stage::{ListwiseStage, PointwiseStage};

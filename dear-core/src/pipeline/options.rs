@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::pipeline::chunk::Chunking;
+use crate::pipeline::fusion::Fusion;
 use crate::{Error, ListwiseMode, WindowConfig};
 
 /// The reranking stages that run after the first stage (which always counts: it is
@@ -103,6 +104,7 @@ pub struct RerankOptions {
     listwise_mode: Option<ListwiseMode>,
     max_passage_tokens: Option<usize>,
     chunking: Option<Chunking>,
+    fusion: Option<Fusion>,
     top_n: Option<usize>,
     min_score: Option<f32>,
     return_documents: bool,
@@ -126,6 +128,7 @@ impl Default for RerankOptions {
             listwise_mode: None,
             max_passage_tokens: None,
             chunking: None,
+            fusion: None,
             top_n: None,
             min_score: None,
             return_documents: false,
@@ -312,6 +315,22 @@ impl RerankOptions {
         }
     }
 
+    /// How the pointwise order fuses the model's scores with the first stage's,
+    /// overriding the reranker's own setting ([`Reranker::with_fusion`]; the default
+    /// student's setup turns fusion on). Default: the reranker's.
+    ///
+    /// [`Reranker::with_fusion`]: crate::Reranker::with_fusion
+    #[must_use]
+    pub fn with_fusion(mut self, fusion: Fusion) -> Self {
+        self.fusion = Some(fusion);
+        self
+    }
+
+    /// The fusion asked for, if any (else the reranker's own).
+    pub fn fusion(&self) -> Option<Fusion> {
+        self.fusion
+    }
+
     /// Checks the settings.
     ///
     /// # Errors
@@ -332,6 +351,9 @@ impl RerankOptions {
         }
         if let Some(c) = &self.chunking {
             c.validate()?;
+        }
+        if let Some(f) = &self.fusion {
+            f.validate()?;
         }
         if self.top_n == Some(0) {
             return Err(Error::InvalidArgument("top_n must be at least 1".into()));

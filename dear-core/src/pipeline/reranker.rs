@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::pipeline::cache::{Key, ScoreCache};
 use crate::pipeline::chunk::chunk_of;
+use crate::pipeline::fusion::Fusion;
 use crate::rerank::is_permutation;
 use crate::{
     ChunkSpan, LanguageModel, ListwiseConfig, ListwiseOptions, ListwiseRanker, ListwiseStage,
@@ -118,6 +119,7 @@ pub fn relevance(score: f32) -> f32 {
 pub struct Reranker {
     pointwise: Option<Arc<dyn PointwiseStage>>,
     listwise: Option<Arc<dyn ListwiseStage>>,
+    fusion: Fusion,
     cache: ScoreCache,
 }
 
@@ -126,6 +128,7 @@ impl std::fmt::Debug for Reranker {
         f.debug_struct("Reranker")
             .field("pointwise", &self.pointwise.as_ref().map(|s| s.key()))
             .field("listwise", &self.listwise.as_ref().map(|s| s.key()))
+            .field("fusion", &self.fusion)
             .field("cache", &self.cache.len())
             .finish()
     }
@@ -148,6 +151,7 @@ impl Reranker {
         Self {
             pointwise: None,
             listwise: None,
+            fusion: Fusion::Off,
             cache: ScoreCache::new(POINTWISE_CACHE, LISTWISE_CACHE),
         }
     }
@@ -181,6 +185,24 @@ impl Reranker {
     pub fn with_listwise(mut self, stage: impl ListwiseStage + 'static) -> Self {
         self.listwise = Some(Arc::new(stage));
         self
+    }
+
+    /// How the pointwise order fuses the model's scores with the first stage's when a
+    /// request does not say ([`RerankOptions::with_fusion`]). Default: [`Fusion::Off`]
+    /// (DeAR's: the model's scores alone).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a weight out of
+    /// range.
+    pub fn with_fusion(mut self, fusion: Fusion) -> crate::Result<Self> {
+        fusion.validate()?;
+        self.fusion = fusion;
+        Ok(self)
+    }
+
+    /// The fusion used when a request does not ask for one.
+    pub fn fusion(&self) -> Fusion {
+        self.fusion
     }
 
     /// Sets the cache sizes (pointwise scores, listwise orders); 0 disables a cache.
@@ -324,6 +346,7 @@ impl Reranker {
         let mut order: Vec<usize> = (0..n).collect();
         let mut pointwise_scores: Vec<Option<f32>> = vec![None; n];
         let mut best_chunks: Vec<Option<ChunkSpan>> = vec![None; n];
+        let mut fused_scores: Option<Vec<f32>> = None;
         let mut pointwise_ok = false;
         let mut pw = StageReport::new(Stage::Pointwise);
         let mut pw_ran = false;
@@ -354,8 +377,19 @@ impl Reranker {
                             *slot = Some(*s);
                         }
                         best_chunks = chunks;
+                        let fusion = options.fusion().unwrap_or(self.fusion);
+                        let keys = if fusion.is_off() {
+                            scores
+                        } else {
+                            let first: Vec<f32> = candidates[..n].iter().map(|c| c.score).collect();
+                            let fused = fusion.fuse(&first, &scores);
+                            pw.notes
+                                .push(format!("fused with the first stage ({fusion})"));
+                            fused_scores = Some(fused.clone());
+                            fused
+                        };
                         // Stable: equal scores keep their first-stage order.
-                        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+                        order.sort_by(|&a, &b| keys[b].total_cmp(&keys[a]));
                         pointwise_ok = true;
                         pw.status = StageStatus::Completed;
                     }
@@ -437,13 +471,17 @@ impl Reranker {
         order.extend(n..total);
         // Relevance: the raw score's, then the listwise top takes the best relevances
         // of the hits it reordered, in its order.
-        let raw = |i: usize| -> f32 {
-            match pointwise_scores.get(i).copied().flatten() {
+        let relevance_of = |i: usize| -> f32 {
+            // Fused scores are relevances already (in [0, 1]).
+            if let Some(f) = fused_scores.as_ref().and_then(|f| f.get(i)) {
+                return f.clamp(0.0, 1.0);
+            }
+            relevance(match pointwise_scores.get(i).copied().flatten() {
                 Some(s) => s,
                 None => candidates[i].score,
-            }
+            })
         };
-        let mut relevances: Vec<f32> = order.iter().map(|&i| relevance(raw(i))).collect();
+        let mut relevances: Vec<f32> = order.iter().map(|&i| relevance_of(i)).collect();
         relevances[listwise_ranks.clone()].sort_by(|a, b| b.total_cmp(a));
         let mut passages: Vec<Option<Passage>> = passages.into_iter().map(Some).collect();
         let mut slots: Vec<Option<Candidate<H>>> = candidates.into_iter().map(Some).collect();
@@ -463,6 +501,7 @@ impl Reranker {
                 first_rank: i + 1,
                 pointwise_score: pointwise_scores.get(i).copied().flatten(),
                 pointwise_rank: pointwise_rank.get(i).copied().flatten(),
+                fused_score: fused_scores.as_ref().and_then(|f| f.get(i).copied()),
                 best_chunk: best_chunks.get(i).copied().flatten(),
                 listwise_position: in_listwise.then_some(r + 1),
                 final_rank: r + 1,
@@ -948,6 +987,51 @@ mod tests {
         assert_eq!((pw.passages, pw.tokens, pw.cached), (5, 15, 0));
         assert_eq!(pw.status, StageStatus::Completed);
         assert_eq!(out.report.failures().count(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn fusion_blends_the_first_stage_into_the_pointwise_order() -> crate::Result<()> {
+        // First-stage scores 5, 4, 3, 2, 1 (normalised 1, .75, .5, .25, 0); model scores
+        // 0, 10, 9, 1, 2 (normalised 0, 1, .9, .1, .2).
+        let texts = ["0", "10", "9", "1", "2"];
+        let scorer = leak(NumberScorer::new());
+        let r = Reranker::new().with_pointwise(scorer);
+        let opts = RerankOptions::default().with_stages(Stages {
+            pointwise: true,
+            listwise: false,
+        });
+        // Off (the default): the model alone.
+        let out = r.rerank("q", candidates(&texts), &opts)?;
+        assert_eq!(ids(&out), ["d1", "d2", "d4", "d3", "d0"]);
+        assert!(out.hits.iter().all(|h| h.fused_score.is_none()));
+        // Interpolation at 0.5: d1 .875, d2 .7, d0 .5, d3 .175, d4 .1.
+        let fused = opts
+            .clone()
+            .with_fusion(Fusion::Interpolate { weight: 0.5 });
+        let out = r.rerank("q", candidates(&texts), &fused)?;
+        assert_eq!(ids(&out), ["d1", "d2", "d0", "d3", "d4"]);
+        let d0 = &out.hits[2];
+        assert_eq!((d0.pointwise_score, d0.fused_score), (Some(0.0), Some(0.5)));
+        assert_eq!((d0.pointwise_rank, d0.relevance), (Some(3), 0.5));
+        let pw = out.report.stage(Stage::Pointwise);
+        assert!(pw.is_some_and(|p| p.notes.iter().any(|n| n.contains("interpolate:0.5"))));
+        // The reranker's own setting applies when the request does not say; a request
+        // overrides it.
+        let r = r.with_fusion(Fusion::Interpolate { weight: 0.0 })?;
+        assert_eq!(
+            ids(&r.rerank("q", candidates(&texts), &opts)?),
+            ["d0", "d1", "d2", "d3", "d4"]
+        );
+        let off = opts.with_fusion(Fusion::Off);
+        assert_eq!(
+            ids(&r.rerank("q", candidates(&texts), &off)?),
+            ["d1", "d2", "d4", "d3", "d0"]
+        );
+        let err = Reranker::new()
+            .with_fusion(Fusion::Interpolate { weight: 2.0 })
+            .unwrap_err();
+        assert!(err.to_string().contains("fusion weight"), "{err}");
         Ok(())
     }
 

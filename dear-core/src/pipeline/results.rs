@@ -58,8 +58,12 @@ pub struct RerankedHit<H = ()> {
     /// The pointwise score, if the pointwise stage scored this hit (with chunking,
     /// the best chunk's).
     pub pointwise_score: Option<f32>,
-    /// The rank in the pointwise order, if the pointwise stage set one.
+    /// The rank in the pointwise order, if the pointwise stage set one (by the fused
+    /// score when fusion is on).
     pub pointwise_rank: Option<usize>,
+    /// The pointwise score fused with the first stage's ([`Fusion`](crate::Fusion)),
+    /// when fusion is on: the score the pointwise order sorts by.
+    pub fused_score: Option<f32>,
     /// Which chunk of the passage gave its pointwise score, when chunking split it.
     pub best_chunk: Option<ChunkSpan>,
     /// The position the listwise stage gave this hit, if it reordered it.

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::{
-    AdapterMode, Error, Head, LanguageModel, ListwiseConfig, ListwiseMode, ListwiseRanker,
+    AdapterMode, Error, Fusion, Head, LanguageModel, ListwiseConfig, ListwiseMode, ListwiseRanker,
     LoadOptions, PointwiseConfig, Recipe, Reranker, Scheduler, Stages,
 };
 
@@ -83,7 +83,7 @@ const LISTWISE: &str = "listwise";
 /// # Ok::<(), dear_core::Error>(())
 /// ```
 ///
-/// The default model with both stages:
+/// The default model with its pointwise student:
 /// ```no_run
 /// let reranker = dear_core::DearSetup::default_model().build()?;
 /// # Ok::<(), dear_core::Error>(())
@@ -99,7 +99,13 @@ pub struct DearSetup {
     pointwise: Option<PointwiseConfig>,
     listwise: ListwiseConfig,
     stages: Stages,
+    fusion: Fusion,
 }
+
+/// How the default student's scores are fused with BM25's: the interpolation weight
+/// that scored best on the student's held-back validation queries (see
+/// `models/smollm2-135m-dear-student/README.md`).
+pub const DEFAULT_STUDENT_FUSION: Fusion = Fusion::Interpolate { weight: 0.4 };
 
 impl DearSetup {
     /// A setup on `model`: a `.gguf` file, a Hugging Face directory or a hub id.
@@ -114,12 +120,32 @@ impl DearSetup {
             pointwise: None,
             listwise: ListwiseConfig::default(),
             stages: Stages::ALL,
+            fusion: Fusion::Off,
         }
     }
 
-    /// A setup on the default model ([`default_model_path`](crate::default_model_path)).
+    /// The default setup: the default model ([`default_model_path`]) with the default
+    /// pointwise student ([`default_student_path`]: a LoRA adapter + `score` head that
+    /// `dear train` distilled on SciFact's training claims and the Rust book), its scores
+    /// fused with BM25's ([`DEFAULT_STUDENT_FUSION`]), and the pointwise stage only: the
+    /// listwise stage of a 135M model with no listwise adapter reorders worse than
+    /// BM25, so it stays off (ask for it with [`with_stages`](Self::with_stages)).
+    /// Without the student installed: the default model's yes/no prompt, no fusion.
+    ///
+    /// [`default_model_path`]: crate::default_model_path
+    /// [`default_student_path`]: crate::default_student_path
     pub fn default_model() -> Self {
-        Self::new(crate::default_model_path())
+        let mut setup = Self::new(crate::default_model_path()).with_stages(Stages {
+            pointwise: true,
+            listwise: false,
+        });
+        let student = crate::default_student_path();
+        if student.join("adapter_config.json").is_file() {
+            setup = setup
+                .with_pointwise_adapter(student.to_string_lossy())
+                .with_fusion(DEFAULT_STUDENT_FUSION);
+        }
+        setup
     }
 
     /// A setup from a recipe: its base, its adapter merged, its pointwise settings.
@@ -214,6 +240,29 @@ impl DearSetup {
         self
     }
 
+    /// How the reranker fuses pointwise scores with the first stage's by default
+    /// ([`Reranker::with_fusion`]). Default: [`Fusion::Off`].
+    #[must_use]
+    pub fn with_fusion(mut self, fusion: Fusion) -> Self {
+        self.fusion = fusion;
+        self
+    }
+
+    /// The fusion the reranker will use by default.
+    pub fn fusion(&self) -> Fusion {
+        self.fusion
+    }
+
+    /// The stages that get a model.
+    pub fn stages(&self) -> Stages {
+        self.stages
+    }
+
+    /// The pointwise adapter, if any.
+    pub fn pointwise_adapter(&self) -> Option<&str> {
+        self.pointwise_adapter.as_deref()
+    }
+
     /// The model path or hub id.
     pub fn model(&self) -> &std::path::Path {
         &self.model
@@ -268,7 +317,7 @@ impl DearSetup {
     /// # Errors
     /// As [`build`](Self::build), less the loading.
     pub fn build_on(&self, lm: Arc<LanguageModel>) -> crate::Result<Reranker> {
-        let mut reranker = Reranker::new();
+        let mut reranker = Reranker::new().with_fusion(self.fusion)?;
         if self.stages.pointwise {
             let adapter = self.pointwise_adapter.as_ref().map(|_| POINTWISE);
             let config = match &self.pointwise {

@@ -126,6 +126,11 @@ pub struct TrainConfig {
     pub eval_depth: usize,
     /// `base_model_name_or_path` written into `adapter_config.json`.
     pub base_model: String,
+    /// Start from this adapter (a peft directory with a `score` head, the same rank,
+    /// alpha and targets) instead of fresh weights: training continues it on new data
+    /// or for another cycle, with a fresh optimizer and schedule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_adapter: Option<std::path::PathBuf>,
 }
 
 impl Default for TrainConfig {
@@ -165,6 +170,7 @@ impl Default for TrainConfig {
             dev_queries: 0,
             eval_depth: 30,
             base_model: String::new(),
+            init_adapter: None,
         }
     }
 }
@@ -346,6 +352,8 @@ struct CheckpointState {
 }
 
 const CHECKPOINTS: &str = "checkpoints";
+/// The held-back validation query ids, one per line, written into the output folder.
+const DEV_QUERIES: &str = "dev-queries.txt";
 
 /// A pass whose graph would hold more than this recomputes each block in its backward
 /// (gradient checkpointing) instead: a third more arithmetic, a block's memory.
@@ -422,6 +430,37 @@ impl PointwiseTrainer {
     }
 
     fn fresh(&self) -> crate::Result<Trainable> {
+        if let Some(dir) = &self.config.init_adapter {
+            let (params, meta) = peft::load(dir, &self.base, self.config.lora_dropout)?;
+            let want = self.meta();
+            let mismatch = if params.score.is_none() {
+                Some("it has no `score` head (a SEQ_CLS adapter is needed)".to_string())
+            } else if meta.r != want.r {
+                Some(format!("its rank is {}, the run's {}", meta.r, want.r))
+            } else if (meta.alpha - want.alpha).abs() > 1e-9 {
+                Some(format!(
+                    "its lora_alpha is {}, the run's {}",
+                    meta.alpha, want.alpha
+                ))
+            } else if meta.targets != want.targets {
+                let names =
+                    |t: &[usize]| -> Vec<&str> { t.iter().map(|&i| PROJECTIONS[i]).collect() };
+                Some(format!(
+                    "it targets {:?}, the run {:?}",
+                    names(&meta.targets),
+                    names(&want.targets)
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = mismatch {
+                return Err(Error::InvalidArgument(format!(
+                    "cannot start from {}: {why}",
+                    dir.display()
+                )));
+            }
+            return Ok(params);
+        }
         Trainable::init(
             &self.base,
             &self.targets,
@@ -591,6 +630,12 @@ impl PointwiseTrainer {
             }
         };
         let resumed_from = state.step;
+        if !dev.is_empty() {
+            // The held-back ids, for tuning anything else (fusion weights) on them only.
+            let path = out.join(DEV_QUERIES);
+            let ids: String = dev.iter().map(|q| format!("{}\n", q.id)).collect();
+            std::fs::write(&path, ids).map_err(|e| Error::io(&path, e))?;
+        }
         if !dev.is_empty() && state.dev_first_stage_ndcg.is_none() {
             state.dev_first_stage_ndcg = Some(self.validate(None, &dev)?);
         }

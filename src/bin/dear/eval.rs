@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Args;
 use dear::dear_core::eval::{evaluate_dataset, Dataset, FirstStage, RunFirstStage};
+use dear::dear_core::Fusion;
 use dear::dear_tantivy::{IndexFirstStage, PassageIndex};
 use indicatif::ProgressBar;
 
@@ -33,6 +34,16 @@ pub struct EvalArgs {
     /// Evaluate the first N judged queries (queries.jsonl order) [default: all].
     #[arg(long)]
     queries: Option<usize>,
+    /// Evaluate only the query ids listed in this file, one per line (e.g. the
+    /// `dev-queries.txt` a `dear train` run held back; a `NAME/` prefix naming the
+    /// dataset folder is dropped; ids the split does not judge are ignored).
+    #[arg(long)]
+    query_ids: Option<PathBuf>,
+    /// After the run, print nDCG@10 of the pointwise order fused with BM25 at each
+    /// interpolation weight 0, 0.1, ..., 1 and with RRF (k 60): a sweep costs no model
+    /// call. Tune the weight on held-back training queries, never on the test split.
+    #[arg(long)]
+    fusion_sweep: bool,
     /// Folder for the TREC run of each stage (<dataset>.<stage>.trec).
     #[arg(long, default_value = "eval-runs")]
     runs_dir: PathBuf,
@@ -46,10 +57,24 @@ pub struct EvalArgs {
 
 pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     let mut dataset = Dataset::open(&args.dataset, &args.split)?;
+    let name = dataset.name();
+    if let Some(path) = &args.query_ids {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading query ids from {}", path.display()))?;
+        let prefix = format!("{name}/");
+        let ids: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(|l| l.strip_prefix(&prefix).unwrap_or(l))
+            .collect();
+        dataset = dataset
+            .with_query_ids(&ids)
+            .with_context(|| format!("query ids from {}", path.display()))?;
+    }
     if let Some(n) = args.queries {
         dataset = dataset.with_query_limit(n);
     }
-    let name = dataset.name();
     let options = args.pipeline.options()?;
     let reranker = args.pipeline.reranker()?;
 
@@ -105,6 +130,22 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         e.run
             .write_trec_path(&path, &format!("dear-{}", stage.name()))?;
     }
+    let sweep = if args.fusion_sweep {
+        let mut fusions: Vec<Fusion> = (0..=10)
+            .map(|w| Fusion::Interpolate {
+                weight: w as f32 / 10.0,
+            })
+            .collect();
+        fusions.push(Fusion::Rrf { k: 60.0 });
+        let mut rows = Vec::new();
+        for f in fusions {
+            let (_, m) = report.with_fusion(dataset.qrels(), f)?;
+            rows.push((f, m));
+        }
+        rows
+    } else {
+        Vec::new()
+    };
     let mut out = std::io::stdout().lock();
     if args.json {
         let stages_json: serde_json::Map<String, serde_json::Value> = report
@@ -123,10 +164,16 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
                 )
             })
             .collect();
-        serde_json::to_writer(
-            &mut out,
-            &serde_json::json!({"stages": stages_json, "queries": report.queries}),
-        )?;
+        let mut json = serde_json::json!({"stages": stages_json, "queries": report.queries});
+        if args.fusion_sweep {
+            json["fusion_sweep"] = sweep
+                .iter()
+                .map(|(f, m)| {
+                    serde_json::json!({"fusion": f.to_string(), "ndcg@10": m.ndcg_at_10, "mrr@10": m.mrr_at_10})
+                })
+                .collect();
+        }
+        serde_json::to_writer(&mut out, &json)?;
         writeln!(out)?;
         return Ok(());
     }
@@ -147,6 +194,19 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
             e.seconds_per_query,
             e.failures.len()
         )?;
+    }
+    if !sweep.is_empty() {
+        writeln!(out, "pointwise fused with the first stage:")?;
+        writeln!(out, "{:<16}  {:>7}  {:>7}", "fusion", "nDCG@10", "MRR@10")?;
+        for (f, m) in &sweep {
+            writeln!(
+                out,
+                "{:<16}  {:>7.4}  {:>7.4}",
+                f.to_string(),
+                m.ndcg_at_10,
+                m.mrr_at_10
+            )?;
+        }
     }
     writeln!(out, "runs written to {}", args.runs_dir.display())?;
     Ok(())

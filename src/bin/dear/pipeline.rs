@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use dear::dear_core::{
-    Chunking, DearSetup, HeadChoice, ListwiseMode, RerankOptions, Reranker, Stages,
+    default_model_path, Chunking, DearSetup, Fusion, HeadChoice, ListwiseMode, RerankOptions,
+    Reranker, Stages,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -29,9 +30,15 @@ pub struct PipelineArgs {
     #[arg(long, default_value = "auto", value_parser = head_choices())]
     head: HeadChoice,
     /// The stages to run: the first stage (bm25) plus any of pointwise, listwise
-    /// (comma-separated).
-    #[arg(long, default_value = "bm25,pointwise,listwise")]
-    pub(crate) stages: Stages,
+    /// (comma-separated) [default: bm25,pointwise on the default model, whose listwise
+    /// stage has no trained adapter yet; bm25,pointwise,listwise otherwise].
+    #[arg(long)]
+    stages: Option<Stages>,
+    /// How the pointwise order fuses the model's scores with BM25's: off,
+    /// interpolate:W (min-max normalised, W the model's weight in [0, 1]) or rrf:K
+    /// [default: the default student's tuned interpolation; off with any other model].
+    #[arg(long)]
+    fusion: Option<Fusion>,
     /// BM25 candidates, all scored pointwise.
     #[arg(long, default_value_t = 100)]
     candidates: usize,
@@ -67,13 +74,43 @@ pub struct PipelineArgs {
 }
 
 impl PipelineArgs {
+    /// Whether the flags ask for the default setup: the default model (omitted, or
+    /// given by its path) with no adapter or head chosen, which brings its pointwise
+    /// student ([`DearSetup::default_model`]).
+    fn is_default_setup(&self) -> bool {
+        let default_model = match &self.model.model {
+            None => true,
+            Some(m) => {
+                let canon = |p: &std::path::Path| std::fs::canonicalize(p).ok();
+                let given = canon(std::path::Path::new(m));
+                given.is_some() && given == canon(&default_model_path())
+            }
+        };
+        default_model
+            && self.model.adapter.is_none()
+            && self.pointwise_adapter.is_none()
+            && self.head == HeadChoice::Auto
+    }
+
+    /// The stages asked for, or the setup's default.
+    pub fn stages(&self) -> Stages {
+        match self.stages {
+            Some(s) => s,
+            None if self.is_default_setup() => DearSetup::default_model().stages(),
+            None => Stages::ALL,
+        }
+    }
+
     pub fn options(&self) -> anyhow::Result<RerankOptions> {
         let mut o = RerankOptions::default()
             .with_candidates(self.candidates)
             .with_listwise_depth(self.listwise_top)
             .with_window(self.window, self.step)
-            .with_stages(self.stages)
+            .with_stages(self.stages())
             .with_listwise_mode(self.mode);
+        if let Some(f) = self.fusion {
+            o = o.with_fusion(f);
+        }
         if self.max_p {
             let mut c = Chunking::max_p().with_overlap(self.chunk_overlap);
             if let Some(t) = self.chunk_tokens {
@@ -97,11 +134,19 @@ impl PipelineArgs {
     /// The library setup the flags describe.
     pub fn setup(&self) -> anyhow::Result<DearSetup> {
         let spec = self.model.spec()?;
-        let mut setup = DearSetup::new(spec)
+        let base = if self.is_default_setup() {
+            DearSetup::default_model()
+        } else {
+            DearSetup::new(spec)
+        };
+        let mut setup = base
             .with_load_options(self.model.options())
             .with_head(self.head)
             .with_listwise_mode(self.mode)
-            .with_stages(self.stages);
+            .with_stages(self.stages());
+        if let Some(f) = self.fusion {
+            setup = setup.with_fusion(f);
+        }
         if let Some(a) = &self.model.adapter {
             setup = setup.with_merged_adapter(a.clone());
         }
@@ -117,7 +162,8 @@ impl PipelineArgs {
     /// The reranker the flags describe; no model is loaded for the first stage alone.
     pub fn reranker(&self) -> anyhow::Result<Reranker> {
         let setup = self.setup()?;
-        if !self.stages.pointwise && !self.stages.listwise {
+        let stages = self.stages();
+        if !stages.pointwise && !stages.listwise {
             return Ok(Reranker::new());
         }
         let started = Instant::now();
@@ -129,6 +175,12 @@ impl PipelineArgs {
             lm.source(),
             started.elapsed().as_secs_f64()
         );
+        if let Some(a) = setup.pointwise_adapter() {
+            eprintln!(
+                "pointwise adapter: {a} (fusion with BM25: {})",
+                setup.fusion()
+            );
+        }
         Ok(setup.build_on(lm)?)
     }
 }

@@ -174,7 +174,7 @@ pub fn search(args: &SearchArgs) -> anyhow::Result<()> {
     writeln!(
         out,
         "\nreranked ({}), {} of {}:",
-        args.pipeline.stages,
+        args.pipeline.stages(),
         results.hits.len(),
         results.total
     )?;
@@ -190,19 +190,32 @@ pub(crate) fn print_table(out: &mut impl Write, hits: &[SearchHit]) -> anyhow::R
         return Ok(());
     }
     let idw = id_column_width(hits.iter().map(|h| h.passage.id.as_deref()), 40);
+    // With fusion on, the pointwise order follows the fused score: show it.
+    let fused = hits.iter().any(|h| h.fused_score.is_some());
+    let score = |s: Option<f32>| s.map_or_else(|| "-".to_string(), |s| format!("{s:.3}"));
     writeln!(
         out,
-        "{:>4}  {:<idw$}  {:>11}  {:>7}  {:>9}  {:<9}  {:<40}  text",
-        "rank", "id", "bm25→final", "bm25", "pointwise", "placed by", "title"
+        "{:>4}  {:<idw$}  {:>11}  {:>7}  {:>9}  {}{:<9}  {:<40}  text",
+        "rank",
+        "id",
+        "bm25→final",
+        "bm25",
+        "pointwise",
+        if fused { "    fused  " } else { "" },
+        "placed by",
+        "title"
     )?;
     for h in hits {
-        let pw = h
-            .pointwise_score
-            .map_or_else(|| "-".to_string(), |s| format!("{s:.3}"));
+        let pw = score(h.pointwise_score);
+        let fused_column = if fused {
+            format!("{:>9}  ", score(h.fused_score))
+        } else {
+            String::new()
+        };
         let moved = format!("{:>4} → {:<4}", h.first_rank, h.final_rank);
         writeln!(
             out,
-            "{:>4}  {:<idw$}  {moved:>11}  {:>7.3}  {pw:>9}  {:<9}  {:<40}  {}",
+            "{:>4}  {:<idw$}  {moved:>11}  {:>7.3}  {pw:>9}  {fused_column}{:<9}  {:<40}  {}",
             h.final_rank,
             h.id(),
             h.first_score,

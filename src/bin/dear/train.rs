@@ -63,6 +63,11 @@ pub struct TrainArgs {
     /// Continue the run in --out from its latest checkpoint (same options).
     #[arg(long)]
     resume: bool,
+    /// Start from this pointwise adapter (same --lora-r, --lora-alpha and targets)
+    /// instead of fresh weights: another training cycle, or new data, on an adapter
+    /// `dear train` or peft wrote.
+    #[arg(long)]
+    init_adapter: Option<PathBuf>,
     /// Main loss: softmax_ce, ranknet_binary, ranknet_binary_softmax_ce,
     /// listnet_binary, lambda_loss_binary, ranknet_teacher, listnet_teacher,
     /// lambda_loss_teacher.
@@ -233,6 +238,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         dev_queries: args.dev_queries,
         eval_depth: 30,
         base_model: args.base_model_name.clone().unwrap_or_default(),
+        init_adapter: args.init_adapter.clone(),
     };
     let lm = args.model.load()?;
     let mut trainer = PointwiseTrainer::new(&lm, config)?;
