@@ -336,3 +336,275 @@ fn a_teacher_run_distils_into_the_student() -> TestResult {
     assert!(report["last_loss"].as_f64().is_some_and(f64::is_finite));
     Ok(())
 }
+
+/// tiny-gqa with a 4,096-token context (its own is 128, shorter than any listwise
+/// prompt), copied into `dir`.
+fn long_context_model(dir: &Path) -> std::io::Result<PathBuf> {
+    let to = dir.join("tiny-gqa-4k");
+    std::fs::create_dir_all(&to)?;
+    for f in std::fs::read_dir(fixture("tiny-gqa"))? {
+        let f = f?;
+        std::fs::copy(f.path(), to.join(f.file_name()))?;
+    }
+    let path = to.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    config["max_position_embeddings"] = serde_json::json!(4096);
+    std::fs::write(&path, config.to_string())?;
+    Ok(to)
+}
+
+fn train_listwise(data: &Path, out: &Path, extra: &[&str]) -> std::io::Result<Output> {
+    let model = data.parent().unwrap_or(data).join("tiny-gqa-4k");
+    if !model.is_dir() {
+        long_context_model(data.parent().unwrap_or(data))?;
+    }
+    dear()
+        .arg("train")
+        .args(["--stage", "listwise", "--model"])
+        .arg(&model)
+        .arg("--dataset")
+        .arg(data)
+        .args(["--negatives", "2", "--lora-r", "4", "--lora-alpha", "8"])
+        .args(if extra.contains(&"--window") {
+            &[][..]
+        } else {
+            &["--window", "4"][..]
+        })
+        .args(["--batch-groups", "2", "--grad-accum", "1", "--lr", "5e-3"])
+        .args([
+            "--max-steps",
+            "3",
+            "--save-every",
+            "1",
+            "--seed",
+            "5",
+            "--json",
+        ])
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+}
+
+#[test]
+fn the_listwise_stage_trains_resumes_and_loads() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    collection(&data)?;
+    let whole = tmp.path().join("whole");
+    let report = ok(&train_listwise(&data, &whole, &["--dev-queries", "2"])?)?;
+    assert_eq!(report["steps"], 3);
+    assert_eq!(report["dev_queries"], 2);
+    // Every query whose relevant passage is in BM25's top 4 gives a window; the others
+    // are counted.
+    let windows = report["queries"].as_u64().ok_or("queries")?;
+    let missed = report["skipped"]["no_positive_in_window"]
+        .as_u64()
+        .ok_or("skipped")?;
+    assert_eq!(windows + missed, 4, "{report}");
+    assert!(windows > 0, "{report}");
+    // Validation after each epoch (3 steps of 2 windows cross an epoch boundary).
+    let epochs = windows.div_ceil(2);
+    let expected = 3u64.div_ceil(epochs) as usize;
+    assert_eq!(
+        report["dev_ndcg"].as_array().ok_or("dev")?.len(),
+        expected,
+        "{report}"
+    );
+    assert!(report["dev_first_stage_ndcg"].as_f64().is_some());
+
+    // A kill after the second checkpoint (which ended epoch 0 and kept its adapter as
+    // the best so far), then --resume: the same adapter.
+    let cut = tmp.path().join("cut");
+    for (from, to) in [
+        ("checkpoints/step-0000002", "checkpoints/step-0000002"),
+        ("best", "best"),
+    ] {
+        if from == "best" && epochs > 2 {
+            continue; // epoch 0 had not ended at step 2
+        }
+        std::fs::create_dir_all(cut.join(to))?;
+        for f in std::fs::read_dir(whole.join(from))? {
+            let f = f?;
+            std::fs::copy(f.path(), cut.join(to).join(f.file_name()))?;
+        }
+    }
+    let resumed = ok(&train_listwise(
+        &data,
+        &cut,
+        &["--dev-queries", "2", "--resume"],
+    )?)?;
+    assert_eq!(resumed["resumed_from"], 2);
+    assert!(
+        std::fs::read(whole.join("adapter_model.safetensors"))?
+            == std::fs::read(cut.join("adapter_model.safetensors"))?,
+        "the resumed listwise adapter differs from the uninterrupted one"
+    );
+
+    // A peft CAUSAL_LM adapter on every projection, with no saved head.
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(whole.join("adapter_config.json"))?)?;
+    assert_eq!(config["task_type"], "CAUSAL_LM");
+    assert_eq!(config["modules_to_save"], serde_json::Value::Null);
+    assert_eq!(
+        config["target_modules"].as_array().ok_or("targets")?.len(),
+        7
+    );
+    assert_eq!(config["r"], 4);
+
+    // `dear listwise` runs it (first-token mode: one forward pass) and returns a
+    // permutation of the passages.
+    let docs = tmp.path().join("docs.jsonl");
+    std::fs::write(
+        &docs,
+        "{\"id\": \"a\", \"text\": \"Cats eat meat.\"}\n{\"id\": \"b\", \"text\": \"Paris is in France.\"}\n{\"id\": \"c\", \"text\": \"Tea is brewed.\"}\n",
+    )?;
+    let ranked = dear()
+        .arg("listwise")
+        .arg("--model")
+        .arg(tmp.path().join("tiny-gqa-4k"))
+        .arg("--adapter")
+        .arg(&whole)
+        .args([
+            "--mode",
+            "first-token",
+            "--query",
+            "what do cats eat",
+            "--json",
+        ])
+        .arg("--docs")
+        .arg(&docs)
+        .output()?;
+    let ranked = ok(&ranked)?;
+    let mut perm: Vec<u64> = ranked["permutation"]
+        .as_array()
+        .ok_or("permutation")?
+        .iter()
+        .filter_map(serde_json::Value::as_u64)
+        .collect();
+    perm.sort_unstable();
+    assert_eq!(perm, [0, 1, 2], "{ranked}");
+    assert_eq!(ranked["windows"][0]["parsed_ids"], 3, "{ranked}");
+    assert!(ranked["failure"].is_null(), "{ranked}");
+    Ok(())
+}
+
+#[test]
+fn listwise_targets_from_permutations_and_their_errors() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    collection(&data)?;
+    // A teacher's ranking with its rationale, for one query; the others are skipped.
+    let perms = tmp.path().join("perms.jsonl");
+    std::fs::write(
+        &perms,
+        "{\"query_id\": \"q0\", \"ranking\": [\"d0\", \"d7\", \"d2\"], \"rationale\": \"d0 is about cats eating.\"}\n",
+    )?;
+    let p = perms.to_str().ok_or("path")?;
+    let report = ok(&train_listwise(
+        &data,
+        &tmp.path().join("p"),
+        &["--dev-queries", "0", "--permutations", p],
+    )?)?;
+    assert_eq!(report["queries"], 1);
+    assert_eq!(report["skipped"]["no_permutation"], 5);
+
+    // A permutation for a query the set does not have.
+    std::fs::write(
+        &perms,
+        "{\"query_id\": \"zz7\", \"ranking\": [\"d0\", \"d1\"]}\n",
+    )?;
+    let e = err(&train_listwise(
+        &data,
+        &tmp.path().join("u"),
+        &["--permutations", p],
+    )?);
+    assert!(e.contains("zz7"), "{e}");
+    // A passage that is neither a candidate nor judged relevant.
+    std::fs::write(
+        &perms,
+        "{\"query_id\": \"q1\", \"ranking\": [\"d2\", \"nope\"]}\n",
+    )?;
+    let e = err(&train_listwise(
+        &data,
+        &tmp.path().join("n"),
+        &["--dev-queries", "0", "--permutations", p],
+    )?);
+    assert!(e.contains("'nope'"), "{e}");
+    // A malformed line.
+    std::fs::write(&perms, "{\"query_id\": \"q1\"}\n")?;
+    let e = err(&train_listwise(
+        &data,
+        &tmp.path().join("m"),
+        &["--permutations", p],
+    )?);
+    assert!(e.contains("perms.jsonl:1"), "{e}");
+    // Every window over the cutoff.
+    let e = err(&train_listwise(
+        &data,
+        &tmp.path().join("c"),
+        &["--dev-queries", "0", "--cutoff-len", "64"],
+    )?);
+    assert!(e.contains("over the cutoff of 64"), "{e}");
+    // ... or over the model's own context (128 tokens for tiny-gqa), whatever the cutoff.
+    let e = err(&dear()
+        .args(["train", "--stage", "listwise", "--model"])
+        .arg(fixture("tiny-gqa"))
+        .arg("--dataset")
+        .arg(&data)
+        .args([
+            "--negatives",
+            "2",
+            "--window",
+            "4",
+            "--dev-queries",
+            "0",
+            "--out",
+        ])
+        .arg(tmp.path().join("ctx"))
+        .output()?);
+    assert!(e.contains("over the cutoff of 128"), "{e}");
+    // FIRST: a ranking loss on the first identifier token's logits; windows whose ids
+    // share a first token ([1] and [10] here) are refused, naming the largest window.
+    let first = ok(&train_listwise(
+        &data,
+        &tmp.path().join("first"),
+        &["--dev-queries", "0", "--objective", "first-token"],
+    )?)?;
+    assert_eq!(first["steps"], 3);
+    assert!(
+        first["last_loss"].as_f64().is_some_and(f64::is_finite),
+        "{first}"
+    );
+    let e = err(&train_listwise(
+        &data,
+        &tmp.path().join("first12"),
+        &["--objective", "first-token", "--window", "12"],
+    )?);
+    assert!(e.contains("[1] and [10]") && e.contains("at most 9"), "{e}");
+    // Stage-2 flags on stage 1, and a pointwise adapter to start stage 2 from.
+    let e = err(&train(
+        &data,
+        &tmp.path().join("s"),
+        &["--permutations", p],
+    )?);
+    assert!(e.contains("--stage listwise"), "{e}");
+    let pointwise = tmp.path().join("pointwise");
+    ok(&train(
+        &data,
+        &pointwise,
+        &[
+            "--targets",
+            "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+        ],
+    )?)?;
+    let e = err(&train_listwise(
+        &data,
+        &tmp.path().join("i"),
+        &["--init-adapter", pointwise.to_str().ok_or("path")?],
+    )?);
+    assert!(e.contains("CAUSAL_LM"), "{e}");
+    Ok(())
+}

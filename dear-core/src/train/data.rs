@@ -32,6 +32,12 @@ pub struct Skipped {
     pub no_positive: usize,
     /// Fewer non-relevant candidates than a group needs.
     pub few_negatives: usize,
+    /// Stage 2: no relevant passage among the window's candidates.
+    pub no_positive_in_window: usize,
+    /// Stage 2: the window's prompt and answer are longer than the cutoff.
+    pub over_cutoff: usize,
+    /// Stage 2: the permutation file has no ranking for the query.
+    pub no_permutation: usize,
 }
 
 /// The queries a stage-1 run trains on.

@@ -539,6 +539,20 @@ fn listwise_sft_and_first_token_losses_match_pytorch() {
     let want = c["sft"]["loss"].as_f64().unwrap() as f32;
     assert!((sft.to_scalar::<f32>().unwrap() - want).abs() < 1e-4);
     check("sft", grads_of(&sft, &params));
+    // The trainer's path: the same loss through `logits_backward`, with and without
+    // recomputing blocks in the backward.
+    let answer = input[prompt.len()..].to_vec();
+    for checkpoint in [false, true] {
+        let (value, g) = net
+            .logits_backward(&packed, &rows, None, checkpoint, |l| {
+                super::loss::answer_cross_entropy(l, &answer)
+            })
+            .unwrap();
+        assert!((value as f32 - want).abs() < 1e-4);
+        let named: Vec<(String, Vec<f32>)> =
+            params.named().into_iter().map(|(k, _)| k).zip(g).collect();
+        check("sft", named);
+    }
     // FIRST on the last prompt position.
     let f = &c["first"];
     let order: Vec<usize> = f["target_order"]

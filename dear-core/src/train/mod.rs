@@ -41,6 +41,7 @@ mod data;
 mod fused;
 #[cfg(test)]
 mod golden_tests;
+mod listwise;
 mod loss;
 mod net;
 mod ops;
@@ -59,6 +60,10 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 pub use self::data::{Skipped, TeacherRun, TrainingQuery, TrainingSet};
+pub use self::listwise::{
+    ListwiseObjective, ListwiseTargets, ListwiseTrainOptions, ListwiseTrainer, Permutation,
+    Permutations,
+};
 pub use self::loss::LossType;
 pub use self::optim::{AdamWConfig, Schedule};
 
@@ -131,6 +136,10 @@ pub struct TrainConfig {
     /// or for another cycle, with a fresh optimizer and schedule.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init_adapter: Option<std::path::PathBuf>,
+    /// Stage 2's settings, read by [`ListwiseTrainer`] only (`batch_groups` then
+    /// counts windows per pass).
+    #[serde(skip_serializing_if = "ListwiseTrainOptions::is_default")]
+    pub listwise: ListwiseTrainOptions,
 }
 
 impl Default for TrainConfig {
@@ -171,11 +180,32 @@ impl Default for TrainConfig {
             eval_depth: 30,
             base_model: String::new(),
             init_adapter: None,
+            listwise: ListwiseTrainOptions::default(),
         }
     }
 }
 
 impl TrainConfig {
+    /// DeAR's stage-2 defaults (`train_listwise.sh` with LLaMA-Factory's LoRA
+    /// defaults): r 16, alpha 32, no dropout, every projection, lr 1e-4, cosine
+    /// schedule with 10 % warmup, 2 windows per pass × 4 passes per step, answer
+    /// tokens only, cutoff 5,000 tokens.
+    pub fn listwise() -> Self {
+        Self {
+            lora_r: 16,
+            lora_alpha: 32.0,
+            lora_dropout: 0.0,
+            targets: PROJECTIONS
+                .iter()
+                .map(|p| net::short_name_of(p).to_string())
+                .collect(),
+            schedule: Schedule::Cosine,
+            batch_groups: 2,
+            grad_accum: 4,
+            ..Self::default()
+        }
+    }
+
     fn validate(&self) -> crate::Result<Vec<usize>> {
         let bad = |what: String| Err(Error::InvalidArgument(what));
         if self.lora_r == 0 || self.lora_r > 4096 {
@@ -330,13 +360,13 @@ pub struct TrainReport {
     pub seconds: f64,
 }
 
-/// Stage-1 trainer over one base model.
-pub struct PointwiseTrainer {
+/// What both trainers share: the frozen base, its tokenizer, the options, and the run
+/// loop (the split, checkpoints and resuming, AdamW, validation, the adapter).
+pub(crate) struct Engine {
     batch_log: Option<PathBuf>,
-    base: FrozenLlama,
-    tokenizer: crate::Tokenizer,
-    bos: u32,
-    config: TrainConfig,
+    pub(crate) base: FrozenLlama,
+    pub(crate) tokenizer: crate::Tokenizer,
+    pub(crate) config: TrainConfig,
     targets: Vec<usize>,
 }
 
@@ -359,7 +389,7 @@ const DEV_QUERIES: &str = "dev-queries.txt";
 /// (gradient checkpointing) instead: a third more arithmetic, a block's memory.
 const GRAPH_BUDGET_BYTES: usize = 6 << 30;
 
-fn seed_for(seed: u64, parts: &[u64]) -> u64 {
+pub(crate) fn seed_for(seed: u64, parts: &[u64]) -> u64 {
     // SplitMix64 over the parts: well-spread seeds for (seed, epoch, query, ...).
     let mut x = seed;
     for &p in parts {
@@ -371,25 +401,42 @@ fn seed_for(seed: u64, parts: &[u64]) -> u64 {
     x
 }
 
-impl PointwiseTrainer {
-    /// A trainer on `lm`'s weights (expanded to f32 on the CPU; quantized bases are
-    /// dequantized once) with `config`.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] for absurd options, a base with unmerged adapters,
-    /// or a tokenizer without a bos token (DeAR's input needs it).
-    pub fn new(lm: &LanguageModel, config: TrainConfig) -> crate::Result<Self> {
+/// One forward/backward pass, as the run loop asks for it.
+pub(crate) struct PassPlan<'a> {
+    pub(crate) step: usize,
+    pub(crate) epoch: usize,
+    pub(crate) micro: usize,
+    /// Indices into the training items.
+    pub(crate) picked: &'a [usize],
+    pub(crate) dropout_seed: u64,
+}
+
+/// What a pass gives back.
+pub(crate) struct PassResult {
+    /// The pass's loss (before the division by the accumulation).
+    pub(crate) value: f64,
+    /// Gradients of the loss divided by the accumulation, in [`Trainable::named`] order.
+    pub(crate) grads: Vec<Vec<f32>>,
+    pub(crate) tokens: usize,
+}
+
+/// What the run loop needs besides the configuration.
+pub(crate) struct RunSpec<'a> {
+    pub(crate) out: &'a Path,
+    pub(crate) meta: AdapterMeta,
+    /// Training items (groups, windows).
+    pub(crate) items: usize,
+    /// Held-back query ids (written to `dev-queries.txt`).
+    pub(crate) dev_ids: Vec<String>,
+    /// For the report.
+    pub(crate) queries: usize,
+    pub(crate) skipped: Skipped,
+}
+
+impl Engine {
+    fn new(lm: &LanguageModel, config: TrainConfig) -> crate::Result<Self> {
         let targets = config.validate()?;
         let base = lm.llama().frozen()?;
-        let bos = lm
-            .tokenizer()
-            .bos_token_id()
-            .or(base.config.bos_token_id)
-            .ok_or_else(|| {
-                Error::InvalidArgument(
-                    "DeAR's input needs a bos token and the tokenizer has none".into(),
-                )
-            })?;
         let mut config = config;
         if config.base_model.is_empty() {
             config.base_model = lm.source().to_string();
@@ -398,29 +445,14 @@ impl PointwiseTrainer {
             batch_log: None,
             base,
             tokenizer: lm.tokenizer().clone(),
-            bos,
             config,
             targets,
         })
     }
 
-    /// Also writes every pass's token ids to `path` as JSON Lines (a `{"config": …}`
-    /// line, then `{"step", "micro", "groups": [[ids, …], …]}` per pass), so that
-    /// another trainer can replay exactly the same batches (`scripts/train_peer.py`).
-    #[must_use]
-    pub fn with_batch_log(mut self, path: impl Into<PathBuf>) -> Self {
-        self.batch_log = Some(path.into());
-        self
-    }
-
-    /// The options in use.
-    pub fn config(&self) -> &TrainConfig {
-        &self.config
-    }
-
-    fn meta(&self) -> AdapterMeta {
+    fn meta(&self, task_type: &'static str) -> AdapterMeta {
         AdapterMeta {
-            task_type: "SEQ_CLS",
+            task_type,
             r: self.config.lora_r,
             alpha: self.config.lora_alpha,
             dropout: self.config.lora_dropout,
@@ -429,12 +461,28 @@ impl PointwiseTrainer {
         }
     }
 
-    fn fresh(&self) -> crate::Result<Trainable> {
+    /// The seeded split of `n` queries: (held back, trained on), as indices.
+    pub(crate) fn split(&self, n: usize) -> (Vec<usize>, Vec<usize>) {
+        let cfg = &self.config;
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed_for(cfg.seed, &[0xdef])));
+        let dev_n = if cfg.dev_queries > 0 {
+            cfg.dev_queries.min(n / 2)
+        } else {
+            0
+        };
+        (order[..dev_n].to_vec(), order[dev_n..].to_vec())
+    }
+
+    /// The starting parameters: fresh, or the `init_adapter` checked against the run.
+    fn fresh(&self, want: &AdapterMeta) -> crate::Result<Trainable> {
+        let score = want.task_type == "SEQ_CLS";
         if let Some(dir) = &self.config.init_adapter {
             let (params, meta) = peft::load(dir, &self.base, self.config.lora_dropout)?;
-            let want = self.meta();
-            let mismatch = if params.score.is_none() {
+            let mismatch = if score && params.score.is_none() {
                 Some("it has no `score` head (a SEQ_CLS adapter is needed)".to_string())
+            } else if !score && params.score.is_some() {
+                Some("it has a `score` head (a CAUSAL_LM adapter is needed)".to_string())
             } else if meta.r != want.r {
                 Some(format!("its rank is {}, the run's {}", meta.r, want.r))
             } else if (meta.alpha - want.alpha).abs() > 1e-9 {
@@ -467,123 +515,42 @@ impl PointwiseTrainer {
             self.config.lora_r,
             self.config.lora_alpha / self.config.lora_r as f64,
             self.config.lora_dropout,
-            true,
+            score,
             self.config.seed,
         )
     }
 
-    fn encode(&self, query: &str, passages: &[Passage]) -> crate::Result<EncodedQuery> {
-        encode_dear(
-            &self.tokenizer,
-            self.bos,
-            query,
-            passages,
-            self.config.q_max_len,
-            self.config.p_max_len,
-        )
+    /// About how many bytes one pass's autograd graph holds for `tokens` tokens: the
+    /// outputs of a block's steps (norms, projections, rotary, attention, MLP).
+    pub(crate) fn graph_bytes(&self, tokens: usize) -> usize {
+        let c = &self.base.config;
+        let q = c.num_heads * c.head_dim;
+        let kv = c.num_kv_heads * c.head_dim;
+        let per_token = 7 * c.hidden_size + 3 * q + 3 * kv + 3 * c.intermediate_size;
+        tokens * per_token * 4 * c.num_layers
     }
 
-    /// Student scores of passages for a query (no dropout, no graph kept).
-    fn score(
+    /// Whether a pass of `tokens` tokens should recompute blocks in its backward.
+    pub(crate) fn checkpointed(&self, tokens: usize) -> bool {
+        self.graph_bytes(tokens) > GRAPH_BUDGET_BYTES
+    }
+
+    /// The run loop: resumes from the newest checkpoint in `spec.out` or starts
+    /// fresh, then takes optimizer steps of `grad_accum` passes of `batch_groups`
+    /// items each (`pass` computes one), validates after every epoch (`validate`:
+    /// `None` = the first stage's order), keeps the best epoch and writes the adapter
+    /// and `training.json`.
+    fn run(
         &self,
-        params: &Trainable,
-        query: &str,
-        passages: &[Passage],
-    ) -> crate::Result<Vec<f32>> {
-        let enc = self.encode(query, passages)?;
-        let mut out = Vec::with_capacity(passages.len());
-        // Batches of about 4k tokens keep the graph small.
-        let mut batch = Packed::default();
-        let net = Net {
-            base: &self.base,
-            params,
-        };
-        for i in 0..passages.len() {
-            batch.push(&enc.full(i));
-            if batch.tokens() >= 4096 || i + 1 == passages.len() {
-                out.extend(rayon::scope(|_| net.scores_detached(&batch))?);
-                batch = Packed::default();
-            }
-        }
-        Ok(out)
-    }
-
-    /// Mean nDCG@10 over the dev queries of the first stage's top `eval_depth`
-    /// (`params` = None) or of the student's reranking of them. Relevant passages
-    /// the first stage missed count in the ideal ranking, as in any evaluation.
-    fn validate(&self, params: Option<&Trainable>, dev: &[&TrainingQuery]) -> crate::Result<f64> {
-        let mut sum = 0.0;
-        for q in dev {
-            let cands = &q.candidates[..q.candidates.len().min(self.config.eval_depth)];
-            let judgments: std::collections::BTreeMap<String, i32> = q
-                .positives
-                .iter()
-                .filter_map(|p| p.id.clone())
-                .map(|id| (id, 1))
-                .collect();
-            let scores: Vec<f64> = match params {
-                Some(p) if !cands.is_empty() => self
-                    .score(p, &q.text, cands)?
-                    .into_iter()
-                    .map(f64::from)
-                    .collect(),
-                _ => (0..cands.len()).map(|i| -(i as f64)).collect(),
-            };
-            let ranked: Vec<(String, f64)> = cands
-                .iter()
-                .enumerate()
-                .map(|(i, p)| p.id.clone().unwrap_or_else(|| format!("candidate-{i}")))
-                .zip(scores)
-                .collect();
-            sum += crate::eval::ndcg_at(&ranked, &judgments, 10);
-        }
-        Ok(sum / dev.len().max(1) as f64)
-    }
-
-    /// Trains on `set` and writes the adapter to `out` (which must not exist, unless
-    /// it holds this run's checkpoints: then the run resumes from the latest one).
-    /// `progress` sees every step.
-    ///
-    /// # Errors
-    /// [`Error::Training`] for a set with no query, an `out` that exists and is not
-    /// this run's, a checkpoint of another configuration, or a loss that stops being
-    /// finite (the last good checkpoint is kept and named); I/O and model errors.
-    pub fn train(
-        &self,
-        set: &TrainingSet,
-        teacher: Option<Teacher<'_>>,
-        out: &Path,
+        spec: RunSpec<'_>,
+        mut validate: impl FnMut(Option<&Trainable>) -> crate::Result<f64>,
+        mut pass: impl FnMut(&Trainable, &PassPlan<'_>) -> crate::Result<PassResult>,
         mut progress: impl FnMut(&StepReport),
     ) -> crate::Result<TrainReport> {
         let cfg = &self.config;
-        if cfg.loss.needs_teacher() && teacher.is_none() {
-            return Err(Error::InvalidArgument(format!(
-                "the loss {} needs a teacher (a run with scores or a model)",
-                cfg.loss
-            )));
-        }
-        // Split the queries: a seeded shuffle, the first `dev_queries` held back.
-        let mut order: Vec<usize> = (0..set.queries.len()).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed_for(cfg.seed, &[0xdef])));
-        let dev_n = if cfg.dev_queries > 0 {
-            cfg.dev_queries.min(set.queries.len() / 2)
-        } else {
-            0
-        };
-        let dev: Vec<&TrainingQuery> = order[..dev_n].iter().map(|&i| &set.queries[i]).collect();
-        let mut train: Vec<&TrainingQuery> =
-            order[dev_n..].iter().map(|&i| &set.queries[i]).collect();
-        train.retain(|q| !q.positives.is_empty() && q.negatives.len() >= cfg.negatives);
-        if train.is_empty() {
-            return Err(Error::Training(format!(
-                "no training query with a positive and {} negatives ({} given, {} held back for validation)",
-                cfg.negatives,
-                set.queries.len(),
-                dev_n
-            )));
-        }
+        let out = spec.out;
         let per_step = cfg.batch_groups * cfg.grad_accum;
-        let steps_per_epoch = train.len().div_ceil(per_step);
+        let steps_per_epoch = spec.items.div_ceil(per_step);
         let total_steps = cfg.max_steps.unwrap_or(steps_per_epoch * cfg.epochs);
         let warmup = (cfg.warmup_ratio * total_steps as f64).ceil() as usize;
 
@@ -624,34 +591,23 @@ impl PointwiseTrainer {
                     )));
                 }
                 std::fs::create_dir_all(&ckpt_root).map_err(|e| Error::io(&ckpt_root, e))?;
-                let params = self.fresh()?;
+                let params = self.fresh(&spec.meta)?;
                 let moments = vec![Moments::default(); params.named().len()];
                 (params, moments)
             }
         };
         let resumed_from = state.step;
-        if !dev.is_empty() {
+        let has_dev = !spec.dev_ids.is_empty();
+        if has_dev {
             // The held-back ids, for tuning anything else (fusion weights) on them only.
             let path = out.join(DEV_QUERIES);
-            let ids: String = dev.iter().map(|q| format!("{}\n", q.id)).collect();
+            let ids: String = spec.dev_ids.iter().map(|q| format!("{q}\n")).collect();
             std::fs::write(&path, ids).map_err(|e| Error::io(&path, e))?;
-        }
-        if !dev.is_empty() && state.dev_first_stage_ndcg.is_none() {
-            state.dev_first_stage_ndcg = Some(self.validate(None, &dev)?);
+            if state.dev_first_stage_ndcg.is_none() {
+                state.dev_first_stage_ndcg = Some(validate(None)?);
+            }
         }
 
-        let mut batch_log = match &self.batch_log {
-            Some(path) => {
-                let mut f = std::io::BufWriter::new(
-                    std::fs::File::create(path).map_err(|e| Error::io(path, e))?,
-                );
-                let line = serde_json::json!({ "config": cfg });
-                writeln!(f, "{line}").map_err(|e| Error::io(path, e))?;
-                Some((path.clone(), f))
-            }
-            None => None,
-        };
-        let mut teacher_cache: HashMap<(String, String), f32> = HashMap::new();
         let started = Instant::now();
         let mut tokens_done = 0usize;
         let mut step = state.step;
@@ -659,7 +615,7 @@ impl PointwiseTrainer {
             let t0 = Instant::now();
             let epoch = step / steps_per_epoch;
             let within = step % steps_per_epoch;
-            let mut epoch_order: Vec<usize> = (0..train.len()).collect();
+            let mut epoch_order: Vec<usize> = (0..spec.items).collect();
             epoch_order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed_for(
                 cfg.seed,
                 &[1, epoch as u64],
@@ -677,83 +633,28 @@ impl PointwiseTrainer {
                 if picked.is_empty() {
                     continue;
                 }
-                let mut packed = Packed::default();
-                let mut teacher_rows = Vec::new();
-                let mut logged_groups = Vec::new();
-                for &qi in &picked {
-                    let q = train[qi];
-                    let mut rng = ChaCha8Rng::seed_from_u64(seed_for(
-                        cfg.seed,
-                        &[2, epoch as u64, qi as u64],
-                    ));
-                    let pos = q
-                        .positives
-                        .choose(&mut rng)
-                        .cloned()
-                        .ok_or_else(|| Error::Internal("no positive".into()))?;
-                    let pool = &q.negatives[..q.negatives.len().min(cfg.negative_depth)];
-                    let negs: Vec<Passage> = pool
-                        .choose_multiple(&mut rng, cfg.negatives)
-                        .cloned()
-                        .collect();
-                    let mut group = vec![pos];
-                    group.extend(negs);
-                    let enc = self.encode(&q.text, &group)?;
-                    let seqs: Vec<Vec<u32>> = (0..group.len()).map(|i| enc.full(i)).collect();
-                    for seq in &seqs {
-                        packed.push(seq);
-                    }
-                    if batch_log.is_some() {
-                        logged_groups.push(seqs);
-                    }
-                    if let Some(t) = &teacher {
-                        teacher_rows.push(self.teacher_scores(t, q, &group, &mut teacher_cache)?);
-                    }
-                }
-                if let Some((path, f)) = batch_log.as_mut() {
-                    let line = serde_json::json!({ "step": step, "micro": micro, "groups": logged_groups });
-                    writeln!(f, "{line}").map_err(|e| Error::io(&*path, e))?;
-                }
-                let net = Net {
-                    base: &self.base,
-                    params: &params,
+                let plan = PassPlan {
+                    step,
+                    epoch,
+                    micro,
+                    picked: &picked,
+                    dropout_seed: seed_for(cfg.seed, &[3, step as u64, micro as u64]),
                 };
-                let dropout_seed = seed_for(cfg.seed, &[3, step as u64, micro as u64]);
-                let groups = picked.len();
-                let accum = cfg.grad_accum as f64;
-                let teacher_scores = teacher.as_ref().map(|_| teacher_rows.as_slice());
-                let checkpoint = self.graph_bytes(packed.tokens()) > GRAPH_BUDGET_BYTES;
-                let (value, g) = net.scores_backward(
-                    &packed,
-                    Some(dropout_seed),
-                    checkpoint,
-                    |scores: &Tensor| {
-                        let scores = scores.reshape((groups, cfg.negatives + 1))?;
-                        let loss = loss::total_loss(
-                            cfg.loss,
-                            &scores,
-                            teacher_scores,
-                            cfg.temperature,
-                            cfg.alpha,
-                        )?;
-                        Ok((loss / accum)?)
-                    },
-                )?;
-                let value = value * accum;
-                if !value.is_finite() {
-                    return Err(self.diverged(step, value, &ckpt_root));
+                let r = pass(&params, &plan)?;
+                if !r.value.is_finite() {
+                    return Err(self.diverged(step, r.value, &ckpt_root));
                 }
                 if grads.is_empty() {
-                    grads = g;
+                    grads = r.grads;
                 } else {
-                    for (acc, gv) in grads.iter_mut().zip(g) {
+                    for (acc, gv) in grads.iter_mut().zip(r.grads) {
                         for (a, b) in acc.iter_mut().zip(gv) {
                             *a += b;
                         }
                     }
                 }
-                loss_sum += value;
-                tokens += packed.tokens();
+                loss_sum += r.value;
+                tokens += r.tokens;
                 passes += 1;
             }
             let grad_norm = optim::clip_grad_norm(&mut grads, cfg.max_grad_norm);
@@ -772,8 +673,8 @@ impl PointwiseTrainer {
             state.last_loss = loss_sum / passes.max(1) as f64;
             let epoch_done = step.is_multiple_of(steps_per_epoch) || step == total_steps;
             let mut dev_ndcg = None;
-            if epoch_done && !dev.is_empty() {
-                let ndcg = self.validate(Some(&params), &dev)?;
+            if epoch_done && has_dev {
+                let ndcg = validate(Some(&params))?;
                 let epoch_index = (step - 1) / steps_per_epoch;
                 if state.dev_ndcg.len() <= epoch_index {
                     state.dev_ndcg.resize(epoch_index + 1, f64::NAN);
@@ -784,9 +685,14 @@ impl PointwiseTrainer {
                     .and_then(|b| state.dev_ndcg.get(b).copied());
                 if best.is_none_or(|b| ndcg > b) {
                     state.best_epoch = Some(epoch_index);
+                    // Written aside and renamed: a kill never leaves half a best adapter.
                     let best_dir = out.join("best");
-                    std::fs::create_dir_all(&best_dir).map_err(|e| Error::io(&best_dir, e))?;
-                    peft::save(&best_dir, &params, &self.meta())?;
+                    let tmp = out.join("best.tmp");
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+                    peft::save(&tmp, &params, &spec.meta)?;
+                    let _ = std::fs::remove_dir_all(&best_dir);
+                    std::fs::rename(&tmp, &best_dir).map_err(|e| Error::io(&best_dir, e))?;
                 }
                 dev_ndcg = Some(ndcg);
             }
@@ -803,11 +709,8 @@ impl PointwiseTrainer {
                 dev_ndcg,
             });
             if (cfg.save_every > 0 && step.is_multiple_of(cfg.save_every)) || epoch_done {
-                save_checkpoint(&ckpt_root, &params, &moments, &state, &self.meta())?;
+                save_checkpoint(&ckpt_root, &params, &moments, &state, &spec.meta)?;
             }
-        }
-        if let Some((path, mut f)) = batch_log.take() {
-            f.flush().map_err(|e| Error::io(&path, e))?;
         }
         // The adapter: the best validated epoch when validation ran, else the last step.
         match state.best_epoch {
@@ -818,16 +721,16 @@ impl PointwiseTrainer {
                         .map_err(|e| Error::io(out.join(f), e))?;
                 }
             }
-            None => peft::save(out, &params, &self.meta())?,
+            None => peft::save(out, &params, &spec.meta)?,
         }
         let seconds = started.elapsed().as_secs_f64();
         let report = TrainReport {
             steps: step,
             resumed_from,
             last_loss: state.last_loss,
-            queries: train.len(),
-            skipped: set.skipped,
-            dev_queries: dev.len(),
+            queries: spec.queries,
+            skipped: spec.skipped,
+            dev_queries: spec.dev_ids.len(),
             dev_first_stage_ndcg: state.dev_first_stage_ndcg,
             dev_ndcg: state.dev_ndcg.clone(),
             best_epoch: state.best_epoch,
@@ -845,14 +748,271 @@ impl PointwiseTrainer {
         Ok(report)
     }
 
-    /// About how many bytes one pass's autograd graph holds for `tokens` tokens: the
-    /// outputs of a block's steps (norms, projections, rotary, attention, MLP).
-    fn graph_bytes(&self, tokens: usize) -> usize {
-        let c = &self.base.config;
-        let q = c.num_heads * c.head_dim;
-        let kv = c.num_kv_heads * c.head_dim;
-        let per_token = 7 * c.hidden_size + 3 * q + 3 * kv + 3 * c.intermediate_size;
-        tokens * per_token * 4 * c.num_layers
+    fn diverged(&self, step: usize, value: f64, ckpt_root: &Path) -> Error {
+        let last = latest_checkpoint(ckpt_root).ok().flatten();
+        Error::Training(format!(
+            "the loss became {value} at step {}; stopped. {}",
+            step + 1,
+            match last {
+                Some(d) => format!(
+                    "The last good checkpoint is {} (lower the learning rate and resume from it)",
+                    d.display()
+                ),
+                None => "No checkpoint was written before it".to_string(),
+            }
+        ))
+    }
+}
+
+/// Mean nDCG@10 of rankings: per query, the candidate ids in ranked order and the
+/// ids judged relevant.
+pub(crate) fn mean_ndcg<'a>(
+    rankings: impl IntoIterator<Item = (Vec<String>, &'a [Passage])>,
+) -> f64 {
+    let (mut sum, mut n) = (0.0, 0usize);
+    for (ranked, positives) in rankings {
+        let judgments: std::collections::BTreeMap<String, i32> = positives
+            .iter()
+            .filter_map(|p| p.id.clone())
+            .map(|id| (id, 1))
+            .collect();
+        let scored: Vec<(String, f64)> = ranked
+            .into_iter()
+            .enumerate()
+            .map(|(i, id)| (id, -(i as f64)))
+            .collect();
+        sum += crate::eval::ndcg_at(&scored, &judgments, 10);
+        n += 1;
+    }
+    sum / n.max(1) as f64
+}
+
+/// Stage-1 trainer over one base model.
+pub struct PointwiseTrainer {
+    engine: Engine,
+    bos: u32,
+}
+
+impl PointwiseTrainer {
+    /// A trainer on `lm`'s weights (expanded to f32 on the CPU; quantized bases are
+    /// dequantized once) with `config`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for absurd options, a base with unmerged adapters,
+    /// or a tokenizer without a bos token (DeAR's input needs it).
+    pub fn new(lm: &LanguageModel, config: TrainConfig) -> crate::Result<Self> {
+        let engine = Engine::new(lm, config)?;
+        let bos = lm
+            .tokenizer()
+            .bos_token_id()
+            .or(engine.base.config.bos_token_id)
+            .ok_or_else(|| {
+                Error::InvalidArgument(
+                    "DeAR's input needs a bos token and the tokenizer has none".into(),
+                )
+            })?;
+        Ok(Self { engine, bos })
+    }
+
+    /// Also writes every pass's token ids to `path` as JSON Lines (a `{"config": …}`
+    /// line, then `{"step", "micro", "groups": [[ids, …], …]}` per pass), so that
+    /// another trainer can replay exactly the same batches (`scripts/train_peer.py`).
+    #[must_use]
+    pub fn with_batch_log(mut self, path: impl Into<PathBuf>) -> Self {
+        self.engine.batch_log = Some(path.into());
+        self
+    }
+
+    /// The options in use.
+    pub fn config(&self) -> &TrainConfig {
+        &self.engine.config
+    }
+
+    fn encode(&self, query: &str, passages: &[Passage]) -> crate::Result<EncodedQuery> {
+        let cfg = &self.engine.config;
+        encode_dear(
+            &self.engine.tokenizer,
+            self.bos,
+            query,
+            passages,
+            cfg.q_max_len,
+            cfg.p_max_len,
+        )
+    }
+
+    /// Student scores of passages for a query (no dropout, no graph kept).
+    fn score(
+        &self,
+        params: &Trainable,
+        query: &str,
+        passages: &[Passage],
+    ) -> crate::Result<Vec<f32>> {
+        let enc = self.encode(query, passages)?;
+        let mut out = Vec::with_capacity(passages.len());
+        // Batches of about 4k tokens keep the graph small.
+        let mut batch = Packed::default();
+        let net = Net {
+            base: &self.engine.base,
+            params,
+        };
+        for i in 0..passages.len() {
+            batch.push(&enc.full(i));
+            if batch.tokens() >= 4096 || i + 1 == passages.len() {
+                out.extend(rayon::scope(|_| net.scores_detached(&batch))?);
+                batch = Packed::default();
+            }
+        }
+        Ok(out)
+    }
+
+    /// Mean nDCG@10 over the dev queries of the first stage's top `eval_depth`
+    /// (`params` = None) or of the student's reranking of them. Relevant passages
+    /// the first stage missed count in the ideal ranking, as in any evaluation.
+    fn validate(&self, params: Option<&Trainable>, dev: &[&TrainingQuery]) -> crate::Result<f64> {
+        let mut rankings = Vec::with_capacity(dev.len());
+        for q in dev {
+            let depth = q.candidates.len().min(self.engine.config.eval_depth);
+            let cands = &q.candidates[..depth];
+            let mut order: Vec<usize> = (0..cands.len()).collect();
+            if let Some(p) = params.filter(|_| !cands.is_empty()) {
+                let s = self.score(p, &q.text, cands)?;
+                order.sort_by(|&a, &b| s[b].total_cmp(&s[a]));
+            }
+            let ids = order.iter().map(|&i| candidate_id(cands, i)).collect();
+            rankings.push((ids, q.positives.as_slice()));
+        }
+        Ok(mean_ndcg(rankings))
+    }
+
+    /// Trains on `set` and writes the adapter to `out` (which must not exist, unless
+    /// it holds this run's checkpoints: then the run resumes from the latest one).
+    /// `progress` sees every step.
+    ///
+    /// # Errors
+    /// [`Error::Training`] for a set with no query, an `out` that exists and is not
+    /// this run's, a checkpoint of another configuration, or a loss that stops being
+    /// finite (the last good checkpoint is kept and named); I/O and model errors.
+    pub fn train(
+        &self,
+        set: &TrainingSet,
+        teacher: Option<Teacher<'_>>,
+        out: &Path,
+        progress: impl FnMut(&StepReport),
+    ) -> crate::Result<TrainReport> {
+        let cfg = &self.engine.config;
+        if cfg.loss.needs_teacher() && teacher.is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "the loss {} needs a teacher (a run with scores or a model)",
+                cfg.loss
+            )));
+        }
+        let (dev_idx, train_idx) = self.engine.split(set.queries.len());
+        let dev: Vec<&TrainingQuery> = dev_idx.iter().map(|&i| &set.queries[i]).collect();
+        let mut train: Vec<&TrainingQuery> = train_idx.iter().map(|&i| &set.queries[i]).collect();
+        train.retain(|q| !q.positives.is_empty() && q.negatives.len() >= cfg.negatives);
+        if train.is_empty() {
+            return Err(Error::Training(format!(
+                "no training query with a positive and {} negatives ({} given, {} held back for validation)",
+                cfg.negatives,
+                set.queries.len(),
+                dev.len()
+            )));
+        }
+        let mut batch_log = match &self.engine.batch_log {
+            Some(path) => {
+                let mut f = std::io::BufWriter::new(
+                    std::fs::File::create(path).map_err(|e| Error::io(path, e))?,
+                );
+                let line = serde_json::json!({ "config": cfg });
+                writeln!(f, "{line}").map_err(|e| Error::io(path, e))?;
+                Some((path.clone(), f))
+            }
+            None => None,
+        };
+        let mut teacher_cache: HashMap<(String, String), f32> = HashMap::new();
+        let spec = RunSpec {
+            out,
+            meta: self.engine.meta("SEQ_CLS"),
+            items: train.len(),
+            dev_ids: dev.iter().map(|q| q.id.clone()).collect(),
+            queries: train.len(),
+            skipped: set.skipped,
+        };
+        let pass = |params: &Trainable, plan: &PassPlan<'_>| -> crate::Result<PassResult> {
+            let mut packed = Packed::default();
+            let mut teacher_rows = Vec::new();
+            let mut logged_groups = Vec::new();
+            for &qi in plan.picked {
+                let q = train[qi];
+                let mut rng = ChaCha8Rng::seed_from_u64(seed_for(
+                    cfg.seed,
+                    &[2, plan.epoch as u64, qi as u64],
+                ));
+                let pos = q
+                    .positives
+                    .choose(&mut rng)
+                    .cloned()
+                    .ok_or_else(|| Error::Internal("no positive".into()))?;
+                let pool = &q.negatives[..q.negatives.len().min(cfg.negative_depth)];
+                let negs: Vec<Passage> = pool
+                    .choose_multiple(&mut rng, cfg.negatives)
+                    .cloned()
+                    .collect();
+                let mut group = vec![pos];
+                group.extend(negs);
+                let enc = self.encode(&q.text, &group)?;
+                let seqs: Vec<Vec<u32>> = (0..group.len()).map(|i| enc.full(i)).collect();
+                for seq in &seqs {
+                    packed.push(seq);
+                }
+                if batch_log.is_some() {
+                    logged_groups.push(seqs);
+                }
+                if let Some(t) = &teacher {
+                    teacher_rows.push(self.teacher_scores(t, q, &group, &mut teacher_cache)?);
+                }
+            }
+            if let Some((path, f)) = batch_log.as_mut() {
+                let line = serde_json::json!({ "step": plan.step, "micro": plan.micro, "groups": logged_groups });
+                writeln!(f, "{line}").map_err(|e| Error::io(&*path, e))?;
+            }
+            let net = Net {
+                base: &self.engine.base,
+                params,
+            };
+            let groups = plan.picked.len();
+            let accum = cfg.grad_accum as f64;
+            let teacher_scores = teacher.as_ref().map(|_| teacher_rows.as_slice());
+            let checkpoint = self.engine.checkpointed(packed.tokens());
+            let (value, grads) = net.scores_backward(
+                &packed,
+                Some(plan.dropout_seed),
+                checkpoint,
+                |scores: &Tensor| {
+                    let scores = scores.reshape((groups, cfg.negatives + 1))?;
+                    let loss = loss::total_loss(
+                        cfg.loss,
+                        &scores,
+                        teacher_scores,
+                        cfg.temperature,
+                        cfg.alpha,
+                    )?;
+                    Ok((loss / accum)?)
+                },
+            )?;
+            Ok(PassResult {
+                value: value * accum,
+                grads,
+                tokens: packed.tokens(),
+            })
+        };
+        let report = self
+            .engine
+            .run(spec, |params| self.validate(params, &dev), pass, progress)?;
+        if let Some((path, mut f)) = batch_log.take() {
+            f.flush().map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(report)
     }
 
     fn teacher_scores(
@@ -888,21 +1048,14 @@ impl PointwiseTrainer {
             }
         }
     }
+}
 
-    fn diverged(&self, step: usize, value: f64, ckpt_root: &Path) -> Error {
-        let last = latest_checkpoint(ckpt_root).ok().flatten();
-        Error::Training(format!(
-            "the loss became {value} at step {}; stopped. {}",
-            step + 1,
-            match last {
-                Some(d) => format!(
-                    "The last good checkpoint is {} (lower the learning rate and resume from it)",
-                    d.display()
-                ),
-                None => "No checkpoint was written before it".to_string(),
-            }
-        ))
-    }
+/// The id a candidate is judged by (`candidate-N` for one without an id).
+pub(crate) fn candidate_id(candidates: &[Passage], i: usize) -> String {
+    candidates[i]
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("candidate-{i}"))
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> crate::Result<T> {

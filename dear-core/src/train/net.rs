@@ -29,10 +29,12 @@ pub(crate) const PROJECTIONS: [&str; 7] = [
 
 /// The short name peft matches (`q_proj`, ...).
 pub(crate) fn short_name(proj: usize) -> &'static str {
-    PROJECTIONS[proj]
-        .rsplit('.')
-        .next()
-        .unwrap_or(PROJECTIONS[proj])
+    short_name_of(PROJECTIONS[proj])
+}
+
+/// `self_attn.q_proj` → `q_proj`.
+pub(crate) fn short_name_of(path: &'static str) -> &'static str {
+    path.rsplit('.').next().unwrap_or(path)
 }
 
 /// One LoRA delta being trained: `A [r, in]`, `B [out, r]`.
@@ -344,6 +346,7 @@ impl Net<'_> {
 
     /// The `score` head on each sequence's last token: `[sequences]`, as
     /// `LlamaForSequenceClassification` pools it, as one autograd graph.
+    #[cfg(test)]
     pub(crate) fn scores(
         &self,
         batch: &Packed,
@@ -365,11 +368,10 @@ impl Net<'_> {
         Ok(self.head_scores(&x, batch)?.detach().to_vec1::<f32>()?)
     }
 
-    /// One training pass with per-block gradient checkpointing: the forward keeps
-    /// only each block's input; the backward recomputes one block at a time and
-    /// backpropagates the vector-Jacobian product through it. `loss` maps the scores
-    /// `[sequences]` to a scalar. Returns the loss value and the gradient of every
-    /// trainable tensor (in [`Trainable::named`] order; zeros for one untouched).
+    /// One training pass of the `score` head with per-block gradient checkpointing
+    /// when `checkpoint` is set: `loss` maps the scores `[sequences]` to a scalar.
+    /// Returns the loss value and the gradient of every trainable tensor (in
+    /// [`Trainable::named`] order; zeros for one untouched).
     pub(crate) fn scores_backward(
         &self,
         batch: &Packed,
@@ -377,10 +379,41 @@ impl Net<'_> {
         checkpoint: bool,
         loss: impl FnOnce(&Tensor) -> crate::Result<Tensor>,
     ) -> crate::Result<(f64, Vec<Vec<f32>>)> {
+        self.backward(batch, dropout_seed, checkpoint, |x| {
+            loss(&self.head_scores(x, batch)?)
+        })
+    }
+
+    /// One training pass of the LM head (stage 2): `loss` maps the logits at `rows`
+    /// (`[rows, vocab]`) to a scalar. As [`Net::scores_backward`] otherwise.
+    pub(crate) fn logits_backward(
+        &self,
+        batch: &Packed,
+        rows: &[u32],
+        dropout_seed: Option<u64>,
+        checkpoint: bool,
+        loss: impl FnOnce(&Tensor) -> crate::Result<Tensor>,
+    ) -> crate::Result<(f64, Vec<Vec<f32>>)> {
+        self.backward(batch, dropout_seed, checkpoint, |x| {
+            loss(&self.lm_logits(x, rows)?)
+        })
+    }
+
+    /// The backward pass both heads share. With `checkpoint`, the forward keeps only
+    /// each block's input; the backward recomputes one block at a time and
+    /// backpropagates the vector-Jacobian product through it. `head` maps the last
+    /// block's output `[tokens, hidden]` to the scalar loss.
+    fn backward(
+        &self,
+        batch: &Packed,
+        dropout_seed: Option<u64>,
+        checkpoint: bool,
+        head: impl FnOnce(&Tensor) -> crate::Result<Tensor>,
+    ) -> crate::Result<(f64, Vec<Vec<f32>>)> {
         self.check(batch)?;
         if !checkpoint {
             // One graph over every block: no recomputation.
-            let value_t = loss(&self.scores(batch, dropout_seed)?)?;
+            let value_t = head(&self.hidden(batch, dropout_seed)?)?;
             let value = value_t.to_scalar::<f32>()? as f64;
             let store = value_t.backward()?;
             let mut grads = Vec::new();
@@ -418,7 +451,7 @@ impl Net<'_> {
         };
         // The head and the loss.
         let top = Var::from_tensor(&x)?;
-        let value_t = loss(&self.head_scores(top.as_tensor(), batch)?)?;
+        let value_t = head(top.as_tensor())?;
         let value = value_t.to_scalar::<f32>()? as f64;
         let store = value_t.backward()?;
         take(&store)?;
@@ -443,16 +476,9 @@ impl Net<'_> {
         Ok((value, grads))
     }
 
-    /// LM-head logits at the given token rows, `[rows.len(), vocab]`, as one graph
-    /// (`LlamaForCausalLM`; the head is frozen, as DeAR's listwise LoRA leaves it).
-    #[allow(dead_code)] // stage 2's trainer reads it; golden-tested against PyTorch now
-    pub(crate) fn logits_at(
-        &self,
-        batch: &Packed,
-        rows: &[u32],
-        dropout_seed: Option<u64>,
-    ) -> crate::Result<Tensor> {
-        let x = self.hidden(batch, dropout_seed)?;
+    /// The final norm and the (frozen) LM head on rows `rows` of the last block's
+    /// output: `[rows.len(), vocab]`.
+    fn lm_logits(&self, x: &Tensor, rows: &[u32]) -> crate::Result<Tensor> {
         let idx = Tensor::new(rows, &Device::Cpu)?;
         let h = rms_norm(
             &x.index_select(&idx, 0)?,
@@ -460,6 +486,30 @@ impl Net<'_> {
             self.base.config.rms_norm_eps,
         )?;
         frozen_linear(&h, &self.base.lm_head)
+    }
+
+    /// LM-head logits at `rows` without a graph (validation), one block's memory.
+    pub(crate) fn logits_detached(&self, batch: &Packed, rows: &[u32]) -> crate::Result<Tensor> {
+        self.check(batch)?;
+        let ctx = self.context(batch)?;
+        let mut x = self.embed(batch)?;
+        for l in 0..self.base.blocks.len() {
+            x = self.layer(l, &x, &ctx, None)?.detach();
+        }
+        Ok(self.lm_logits(&x, rows)?.detach())
+    }
+
+    /// LM-head logits at the given token rows, `[rows.len(), vocab]`, as one graph
+    /// (`LlamaForCausalLM`; the head is frozen, as DeAR's listwise LoRA leaves it).
+    #[cfg(test)]
+    pub(crate) fn logits_at(
+        &self,
+        batch: &Packed,
+        rows: &[u32],
+        dropout_seed: Option<u64>,
+    ) -> crate::Result<Tensor> {
+        let x = self.hidden(batch, dropout_seed)?;
+        self.lm_logits(&x, rows)
     }
 }
 

@@ -50,7 +50,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Measure the fixed workloads (W1 pointwise, W2 listwise) on a model.
     Bench(bench::BenchArgs),
-    /// Train a DeAR pointwise student (LoRA + score head) by distillation.
+    /// Train a DeAR adapter: the pointwise student (LoRA + score head, distilled) or,
+    /// with --stage listwise, the listwise ranker (a CAUSAL_LM LoRA).
     Train(Box<train::TrainArgs>),
 }
 

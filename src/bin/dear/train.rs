@@ -1,7 +1,8 @@
-//! `dear train`: DeAR's stage-1 distillation (a LoRA adapter + `score` head) from
+//! `dear train`: DeAR's stage-1 distillation (a LoRA adapter + `score` head) or, with
+//! `--stage listwise`, stage 2 (a CAUSAL_LM LoRA adapter that writes rankings), from
 //! judged BEIR collections and/or self-supervised title → passage pairs, with BM25
-//! hard negatives from a tantivy index built on the fly: flag parsing, data loading
-//! and a progress bar around [`PointwiseTrainer`].
+//! candidates from a tantivy index built on the fly: flag parsing, data loading and a
+//! progress bar around [`PointwiseTrainer`] and [`ListwiseTrainer`].
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use dear::dear_core::eval::{Dataset, FirstStage, RunFirstStage};
 use dear::dear_core::train::{
-    LossType, PointwiseTrainer, Schedule, Teacher, TeacherRun, TrainConfig, TrainingSet,
+    ListwiseObjective, ListwiseTargets, ListwiseTrainer, LossType, Permutations, PointwiseTrainer,
+    Schedule, Teacher, TeacherRun, TrainConfig, TrainingSet,
 };
 use dear::dear_core::{corpus, Passage, PointwiseConfig, PointwiseScorer};
 use dear::dear_tantivy::{IndexFirstStage, PassageIndex};
@@ -24,6 +26,31 @@ use crate::ModelArgs;
 pub struct TrainArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// pointwise (stage 1: a `score` head, DeAR's distilled student) or listwise
+    /// (stage 2: a CAUSAL_LM adapter fine-tuned to write rankings).
+    #[arg(long, default_value = "pointwise", value_parser = ["pointwise", "listwise"])]
+    stage: String,
+    /// Stage 2's loss: answer (cross-entropy of the answer tokens, DeAR) or
+    /// first-token (FIRST's ranking loss on the first identifier's logits).
+    #[arg(long, default_value = "answer")]
+    objective: String,
+    /// Stage 2: passages per training window (the first stage's top N).
+    #[arg(long, default_value_t = 20)]
+    window: usize,
+    /// Stage 2: windows longer than N tokens (prompt and answer) are skipped.
+    #[arg(long, default_value_t = 5000)]
+    cutoff_len: usize,
+    /// Stage 2: the prompt format, rankllm or plain.
+    #[arg(long, default_value = "rankllm")]
+    prompt: String,
+    /// Stage 2: teacher permutations (JSON Lines: query_id, ranking, rationale)
+    /// instead of targets from the judgments.
+    #[arg(long, conflicts_with = "student_adapter")]
+    permutations: Option<PathBuf>,
+    /// Stage 2: order the non-relevant passages of each window by this pointwise
+    /// adapter on --model (DeAR's stage-1 student) instead of the first stage.
+    #[arg(long)]
+    student_adapter: Option<PathBuf>,
     /// A BEIR folder with judgments (corpus.jsonl, queries.jsonl, qrels/<split>.tsv);
     /// repeat for several. `DIR:SPLIT` picks another split than --split for it.
     #[arg(long)]
@@ -79,24 +106,25 @@ pub struct TrainArgs {
     /// Weight of the KL term (with a teacher).
     #[arg(long, default_value_t = 0.1)]
     alpha: f64,
-    #[arg(long, default_value_t = 32)]
-    lora_r: usize,
-    #[arg(long, default_value_t = 64.0)]
-    lora_alpha: f64,
-    #[arg(long, default_value_t = 0.1)]
-    lora_dropout: f64,
-    /// Comma-separated LoRA targets.
-    #[arg(
-        long,
-        default_value = "q_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-    )]
-    targets: String,
+    /// LoRA rank [default: 32 pointwise, 16 listwise].
+    #[arg(long)]
+    lora_r: Option<usize>,
+    /// LoRA alpha [default: 64 pointwise, 32 listwise].
+    #[arg(long)]
+    lora_alpha: Option<f64>,
+    /// LoRA dropout [default: 0.1 pointwise, 0 listwise].
+    #[arg(long)]
+    lora_dropout: Option<f64>,
+    /// Comma-separated LoRA targets [default: q,v,o,gate,up,down pointwise; all seven
+    /// projections listwise].
+    #[arg(long)]
+    targets: Option<String>,
     /// Peak learning rate.
     #[arg(long, default_value_t = 1e-4)]
     lr: f64,
-    /// linear, cosine or constant.
-    #[arg(long, default_value = "linear")]
-    schedule: String,
+    /// linear, cosine or constant [default: linear pointwise, cosine listwise].
+    #[arg(long)]
+    schedule: Option<String>,
     #[arg(long, default_value_t = 0.1)]
     warmup_ratio: f64,
     #[arg(long, default_value_t = 1.0)]
@@ -108,12 +136,12 @@ pub struct TrainArgs {
     /// Stop after N optimizer steps.
     #[arg(long)]
     max_steps: Option<usize>,
-    /// Groups (1 positive + negatives) per forward/backward pass.
+    /// Groups (1 positive + negatives), or listwise windows, per forward/backward pass.
     #[arg(long, default_value_t = 2)]
     batch_groups: usize,
-    /// Passes per optimizer step.
-    #[arg(long, default_value_t = 2)]
-    grad_accum: usize,
+    /// Passes per optimizer step [default: 2 pointwise, 4 listwise].
+    #[arg(long)]
+    grad_accum: Option<usize>,
     /// Negatives per group.
     #[arg(long, default_value_t = 7)]
     negatives: usize,
@@ -204,21 +232,38 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     } else if args.resume {
         bail!("--resume: {} does not exist", args.out.display());
     }
+    let listwise = args.stage == "listwise";
+    if !listwise && (args.permutations.is_some() || args.student_adapter.is_some()) {
+        bail!("--permutations and --student-adapter build stage-2 targets: add --stage listwise");
+    }
+    if listwise && (args.teacher.is_some() || args.teacher_run.is_some()) {
+        bail!("--teacher and --teacher-run distil stage 1; stage 2 learns from --permutations (a teacher's rankings) or the judgments");
+    }
+    let defaults = if listwise {
+        TrainConfig::listwise()
+    } else {
+        TrainConfig::default()
+    };
     let config = TrainConfig {
         loss: args.loss.parse::<LossType>()?,
         temperature: args.temperature,
         alpha: args.alpha,
-        lora_r: args.lora_r,
-        lora_alpha: args.lora_alpha,
-        lora_dropout: args.lora_dropout,
-        targets: args
-            .targets
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect(),
+        lora_r: args.lora_r.unwrap_or(defaults.lora_r),
+        lora_alpha: args.lora_alpha.unwrap_or(defaults.lora_alpha),
+        lora_dropout: args.lora_dropout.unwrap_or(defaults.lora_dropout),
+        targets: match &args.targets {
+            Some(t) => t
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            None => defaults.targets.clone(),
+        },
         learning_rate: args.lr,
-        schedule: args.schedule.parse::<Schedule>()?,
+        schedule: match &args.schedule {
+            Some(s) => s.parse::<Schedule>()?,
+            None => defaults.schedule,
+        },
         warmup_ratio: args.warmup_ratio,
         max_grad_norm: args.max_grad_norm,
         adamw: dear::dear_core::train::AdamWConfig {
@@ -228,7 +273,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         epochs: args.epochs,
         max_steps: args.max_steps,
         batch_groups: args.batch_groups,
-        grad_accum: args.grad_accum,
+        grad_accum: args.grad_accum.unwrap_or(defaults.grad_accum),
         negatives: args.negatives,
         negative_depth: args.negative_depth,
         q_max_len: args.q_max_len,
@@ -239,18 +284,36 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         eval_depth: 30,
         base_model: args.base_model_name.clone().unwrap_or_default(),
         init_adapter: args.init_adapter.clone(),
+        listwise: dear::dear_core::train::ListwiseTrainOptions {
+            objective: args.objective.parse::<ListwiseObjective>()?,
+            prompt: args.prompt.parse()?,
+            window: args.window,
+            cutoff_len: args.cutoff_len,
+        },
     };
     let lm = args.model.load()?;
-    let mut trainer = PointwiseTrainer::new(&lm, config)?;
-    if let Some(path) = &args.save_batches {
-        trainer = trainer.with_batch_log(path);
+    enum Trainer {
+        Pointwise(Box<PointwiseTrainer>),
+        Listwise(Box<ListwiseTrainer>),
     }
+    let trainer = if listwise {
+        if args.save_batches.is_some() {
+            bail!("--save-batches records stage-1 batches only");
+        }
+        Trainer::Listwise(Box::new(ListwiseTrainer::new(&lm, config)?))
+    } else {
+        let mut t = PointwiseTrainer::new(&lm, config)?;
+        if let Some(path) = &args.save_batches {
+            t = t.with_batch_log(path);
+        }
+        Trainer::Pointwise(Box::new(t))
+    };
 
     // Training data: judged datasets, then self-supervised corpora. Query ids keep
     // their source's name as a prefix when there are several sources.
     let single = args.dataset.len() + args.self_supervised.len() == 1;
     let mut set = TrainingSet::default();
-    let depth = args.negative_depth + 20;
+    let depth = (args.negative_depth + 20).max(args.window);
     for spec in &args.dataset {
         let (dir, split) = match spec.rsplit_once(':') {
             Some((d, s)) if Path::new(d).is_dir() => (d, s),
@@ -349,9 +412,31 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         (None, None) => None,
     };
 
+    // Stage 2's targets.
+    let permutations = match &args.permutations {
+        Some(path) => Some(Permutations::read(path)?),
+        None => None,
+    };
+    let student_scorer;
+    let targets = match (&permutations, &args.student_adapter) {
+        (Some(p), _) => ListwiseTargets::Permutations(p),
+        (None, Some(dir)) => {
+            let spec = ModelArgs {
+                adapter: Some(dir.display().to_string()),
+                ..args.model.clone()
+            };
+            let slm = Arc::new(spec.load()?);
+            let cfg = PointwiseConfig::for_model(&slm, None)?;
+            student_scorer = PointwiseScorer::new(slm, None, cfg)?;
+            eprintln!("ordering each window's non-relevant passages with the student");
+            ListwiseTargets::Student(&student_scorer)
+        }
+        (None, None) => ListwiseTargets::Qrels,
+    };
+
     let total_queries = set.queries.len();
     let bar: ProgressBar = progress(0, "train");
-    let report = trainer.train(&set, teacher, &args.out, |s| {
+    let on_step = |s: &dear::dear_core::train::StepReport| {
         if bar.length() != Some(s.total_steps as u64) {
             bar.set_length(s.total_steps as u64);
         }
@@ -371,7 +456,11 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         if let Some(n) = s.dev_ndcg {
             bar.suspend(|| eprintln!("step {}: dev nDCG@10 {n:.4}", s.step));
         }
-    })?;
+    };
+    let report = match &trainer {
+        Trainer::Pointwise(t) => t.train(&set, teacher, &args.out, on_step)?,
+        Trainer::Listwise(t) => t.train(&set, targets, &args.out, on_step)?,
+    };
     bar.finish_and_clear();
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -395,6 +484,14 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         report.tokens_per_second,
         report.seconds
     )?;
+    if listwise {
+        let k = report.skipped;
+        writeln!(
+            out,
+            "windows {} (skipped: {} without a relevant passage in the top {}, {} over {} tokens, {} without a permutation)",
+            report.queries, k.no_positive_in_window, args.window, k.over_cutoff, args.cutoff_len, k.no_permutation
+        )?;
+    }
     if let Some(base) = report.dev_first_stage_ndcg {
         let epochs: Vec<String> = report.dev_ndcg.iter().map(|n| format!("{n:.4}")).collect();
         writeln!(
