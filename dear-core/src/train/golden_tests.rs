@@ -482,6 +482,146 @@ fn dear_trained_adapters_are_reproducible_and_load_in_peft() {
     }
 }
 
+/// tiny-gqa copied with a 4,096-token context (its own 128 holds no listwise prompt;
+/// rotary positions need no table, so nothing else changes).
+fn long_context_tiny(dir: &std::path::Path) -> PathBuf {
+    let to = dir.join("tiny-gqa-4k");
+    std::fs::create_dir_all(&to).unwrap();
+    for f in std::fs::read_dir(golden("models/tiny-gqa")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+    }
+    let path = to.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["max_position_embeddings"] = serde_json::json!(4096);
+    std::fs::write(&path, config.to_string()).unwrap();
+    to
+}
+
+/// Stage 2: `ListwiseTrainer` on tiny-gqa (rankllm windows of 3, answer tokens, 3
+/// steps, lr 1e-2) writes the committed `train/dear-trained-causal/` again, and
+/// transformers + peft, loading that adapter (`make_train_golden.py --peft-logits`),
+/// give the logits dear's inference engine gives with it. `DEAR_WRITE_GOLDEN=1`
+/// rewrites the adapter instead of comparing (then rerun the script for the logits).
+#[test]
+fn dear_trained_listwise_adapters_are_reproducible_and_load_in_peft() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = LanguageModel::load(long_context_tiny(dir.path()), &LoadOptions::default())
+        .expect("tiny-gqa");
+    let config = super::TrainConfig {
+        lora_r: 4,
+        lora_alpha: 8.0,
+        lora_dropout: 0.1,
+        learning_rate: 1e-2,
+        batch_groups: 1,
+        grad_accum: 2,
+        max_steps: Some(3),
+        dev_queries: 0,
+        save_every: 0,
+        seed: 7,
+        base_model: "test-org/tiny-gqa".into(),
+        listwise: super::ListwiseTrainOptions {
+            window: 3,
+            ..Default::default()
+        },
+        ..super::TrainConfig::listwise()
+    };
+    let trainer = super::ListwiseTrainer::new(&lm, config).expect("trainer");
+    let mut set = tiny_set();
+    for q in &mut set.queries {
+        // The window as a first stage would give it: a negative, the positive, a negative.
+        q.candidates = vec![
+            q.negatives[0].clone(),
+            q.positives[0].clone(),
+            q.negatives[1].clone(),
+        ];
+    }
+    let out = dir.path().join("adapter");
+    let report = trainer
+        .train(&set, super::ListwiseTargets::Qrels, &out, |_| {})
+        .expect("train");
+    assert_eq!((report.steps, report.queries), (3, 3));
+    let committed = golden("train/dear-trained-causal");
+    if std::env::var_os("DEAR_WRITE_GOLDEN").is_some() {
+        std::fs::create_dir_all(&committed).unwrap();
+        for f in ["adapter_config.json", "adapter_model.safetensors"] {
+            std::fs::copy(out.join(f), committed.join(f)).unwrap();
+        }
+        return;
+    }
+    let got = load_safetensors_at(&out.join("adapter_model.safetensors"));
+    let want = load_safetensors_at(&committed.join("adapter_model.safetensors"));
+    assert_eq!(got.len(), want.len());
+    assert_eq!(got.len(), 2 * 7 * 2, "A and B of 7 projections in 2 layers");
+    for (k, v) in &want {
+        let d = max_diff(&got[k], v);
+        assert!(d < 1e-6, "retrained {k} differs by {d}");
+    }
+    // The committed adapter through dear's inference engine vs transformers + peft.
+    let peft: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(golden("train/dear-trained-causal-peft-logits.json"))
+            .expect("peft logits"),
+    )
+    .unwrap();
+    assert_eq!(peft["adapter_config"]["task_type"], "CAUSAL_LM");
+    let want: Vec<f32> = peft["last_logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    let opts = LoadOptions::default()
+        .with_adapter(committed.to_string_lossy(), crate::AdapterMode::Unmerged);
+    let lm = LanguageModel::load(golden("models/tiny-gqa"), &opts).expect("with adapter");
+    let adapter = lm.llama().adapter("dear-trained-causal");
+    assert!(adapter.is_some(), "adapter name");
+    let ids: Vec<u32> = expected()["causal"]["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    let out = lm
+        .llama()
+        .forward_with(
+            &crate::Batch::from_sequences(&[ids.as_slice()]).unwrap(),
+            &mut [],
+            crate::Outputs::last_logits(),
+            crate::ForwardOptions::default().with_adapter(adapter),
+        )
+        .unwrap();
+    let got = out
+        .logits
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(got.len(), want.len());
+    let d = max_diff(&got, &want);
+    assert!(d < 1e-4, "dear's logits differ from peft's by {d}");
+    // Training moved the adapter: the base model alone gives other logits.
+    let base = LanguageModel::load(golden("models/tiny-gqa"), &LoadOptions::default()).unwrap();
+    let plain = base
+        .llama()
+        .forward_with(
+            &crate::Batch::from_sequences(&[ids.as_slice()]).unwrap(),
+            &mut [],
+            crate::Outputs::last_logits(),
+            crate::ForwardOptions::default(),
+        )
+        .unwrap();
+    let plain = plain
+        .logits
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(max_diff(&plain, &want) > 1e-3);
+}
+
 fn load_safetensors_at(path: &std::path::Path) -> HashMap<String, Vec<f32>> {
     let st = crate::loader::safetensors::mmap(path).expect("safetensors");
     st.tensors()

@@ -20,6 +20,14 @@ loads DIR (a PEFT SEQ_CLS LoRA adapter) onto AutoModelForSequenceClassification(
 num_labels=1) with PeftModel.from_pretrained and writes DIR/../<basename of DIR>-peft-scores.json:
 the scores of the 8 `batch.groups` sequences of train/expected.json (each alone, unpadded).
 
+Third mode, for a stage-2 adapter the Rust trainer writes:
+
+    /opt/refenv/bin/python dear-core/tests/golden/make_train_golden.py --peft-logits DIR
+
+loads DIR (a PEFT CAUSAL_LM LoRA adapter) onto AutoModelForCausalLM(tiny-gqa) and writes
+DIR/../<basename of DIR>-peft-logits.json: the logits at the last position of train/expected.json's
+`causal.input_ids`.
+
 train/
     init/               PEFT LoRA, SEQ_CLS, r=4, alpha=8 (scaling 2), lora_dropout 0, DeAR's six
                         target_modules (q, v, o, gate, up, down; NOT k_proj), modules_to_save
@@ -1006,6 +1014,39 @@ def peft_scores(adapter_dir: Path) -> None:
     print(f"wrote {out}: {[[round(float(x), 5) for x in r] for r in s]}")
 
 
+# --------------------------------------------------------------------------- part C: a trained CAUSAL_LM adapter
+
+
+def peft_logits(adapter_dir: Path) -> None:
+    check_versions()
+    transformers.utils.logging.disable_progress_bar()
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    adapter_dir = adapter_dir.resolve()
+    exp = json.loads((OUT / "expected.json").read_text())
+    ids = exp["causal"]["input_ids"]
+    torch.manual_seed(0)
+    pm = PeftModel.from_pretrained(load_causal_base(), adapter_dir).eval()
+    with torch.no_grad():
+        logits = pm(input_ids=torch.tensor([ids])).logits[0, -1]
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    out = adapter_dir.parent / f"{adapter_dir.name}-peft-logits.json"
+    dump_json(
+        {
+            "reference": dict(EXPECTED_VERSIONS),
+            "adapter": adapter_dir.name,
+            "adapter_config": {k: cfg.get(k) for k in ("task_type", "r", "lora_alpha", "target_modules", "modules_to_save")},
+            "last_logits": f32_list(logits),
+            "note": (
+                "PeftModel.from_pretrained(AutoModelForCausalLM(tests/golden/models/tiny-gqa, float32, eager), adapter) "
+                "in eval mode; logits[0, -1] of train/expected.json causal.input_ids, alone and unpadded."
+            ),
+        },
+        out,
+    )
+    print(f"wrote {out}: argmax {int(logits.argmax())}, max {float(logits.max()):.5f}")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -1112,8 +1153,11 @@ def main() -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--peft-scores", type=Path, metavar="DIR", help="score a PEFT SEQ_CLS adapter dir (part B)")
+    ap.add_argument("--peft-logits", type=Path, metavar="DIR", help="run a PEFT CAUSAL_LM adapter dir (part C)")
     args = ap.parse_args()
     if args.peft_scores is not None:
         peft_scores(args.peft_scores)
+    elif args.peft_logits is not None:
+        peft_logits(args.peft_logits)
     else:
         main()

@@ -447,7 +447,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         );
         if bar.is_hidden() {
             // No terminal (a log file, nohup): a line every 10 steps instead of a bar.
-            if s.step % 10 == 0 || s.step == s.total_steps {
+            if s.step.is_multiple_of(10) || s.step == s.total_steps {
                 eprintln!("step {}/{}: {line}", s.step, s.total_steps);
             }
         } else {
