@@ -6,6 +6,7 @@
 #
 #   bash scripts/eval-default.sh                    # dev slice, cisi, cranfield, scifact
 #   COLLECTIONS="cisi cranfield" bash scripts/eval-default.sh
+#   STUDENT=train-runs/smollm2-student OUT=eval-runs/candidate bash scripts/eval-default.sh
 #
 # JSON results go to eval-runs/default-student/<collection>.json. The student never saw
 # cranfield or cisi; on SciFact it was trained on the train split only and is measured on
@@ -17,8 +18,8 @@ model=$(bash scripts/fetch-model.sh)
 profile=${PROFILE:-release}
 cargo build --profile "$profile" --locked --bin dear
 dear="./target/$profile/dear"
-student=models/smollm2-135m-dear-student
-out=eval-runs/default-student
+student=${STUDENT:-models/smollm2-135m-dear-student}   # STUDENT=DIR: another candidate
+out=${OUT:-eval-runs/default-student}
 mkdir -p "$out"
 common=(--model "$model" --pointwise-adapter "$student" --stages bm25,pointwise
   --candidates 30 --fusion off --fusion-sweep --json)

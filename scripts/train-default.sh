@@ -10,7 +10,9 @@
 #
 #   bash scripts/train-default.sh                # train-runs/smollm2-student/
 #   OUT=/tmp/s MAX_STEPS=20 bash scripts/train-default.sh   # a short run elsewhere
-#   MAX_STEPS=300 bash scripts/train-default.sh  # the shipped student (the schedule spans 300 steps)
+#   MAX_STEPS=300 bash scripts/train-default.sh  # the shipped student's first cycle, then
+#   MAX_STEPS=600 bash scripts/train-default.sh  # its second: resumes step 300's checkpoint with the
+#                                                # schedule stretched to 600 steps (a warm restart)
 #   INIT_ADAPTER=models/smollm2-135m-dear-student OUT=train-runs/cycle2 \
 #     bash scripts/train-default.sh              # another cycle from the shipped adapter
 # Keep the seed across cycles: it also picks the held-back validation queries.
