@@ -105,7 +105,7 @@ pub struct DearSetup {
 /// How the default student's scores are fused with BM25's: the interpolation weight
 /// that scored best on the student's held-back validation queries (see
 /// `models/smollm2-135m-dear-student/README.md`).
-pub const DEFAULT_STUDENT_FUSION: Fusion = Fusion::Interpolate { weight: 0.4 };
+pub const DEFAULT_STUDENT_FUSION: Fusion = Fusion::Interpolate { weight: 0.5 };
 
 impl DearSetup {
     /// A setup on `model`: a `.gguf` file, a Hugging Face directory or a hub id.
