@@ -67,10 +67,10 @@ pub use crate::pipeline::{
     DEFAULT_STUDENT_FUSION,
 };
 pub use crate::rerank::{
-    has_ranking, listwise_passage_text, listwise_prompt_ids, parse_ranking, slide, EncodedQuery,
-    Head, IdBase, ListwiseConfig, ListwiseMode, ListwiseOptions, ListwiseOutcome, ListwisePrompt,
-    ListwiseRanker, ParsedRanking, Passage, PointwiseConfig, PointwiseScorer, Query, Recipe,
-    Scheduler, Scored, Stopped, WindowConfig, WindowRecord, WindowReport,
+    has_ranking, listwise_passage_text, listwise_prompt_ids, parse_ranking, slide, BatchStats,
+    EncodedQuery, Head, IdBase, ListwiseConfig, ListwiseMode, ListwiseOptions, ListwiseOutcome,
+    ListwisePrompt, ListwiseRanker, ParsedRanking, Passage, PointwiseConfig, PointwiseScorer,
+    Query, Recipe, Scheduler, Scored, Stopped, WindowConfig, WindowRecord, WindowReport,
 };
 pub use crate::tokenizer::Tokenizer;
 

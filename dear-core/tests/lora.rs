@@ -230,6 +230,12 @@ fn batching_strategies_agree() -> TestResult {
         let alone = shared.score(&queries[i % queries.len()], &passages)?;
         assert!(max_abs_diff(&s, &alone) < 1e-5, "concurrent call {i}");
     }
+    // Every call and passage was counted once, in at most one round per call.
+    let stats = scheduler.batch_stats();
+    let calls = queries.len() as u64 + 8;
+    assert_eq!(stats.calls, calls);
+    assert_eq!(stats.passages, calls * passages.len() as u64);
+    assert!(stats.rounds >= 1 && stats.rounds <= calls, "{stats:?}");
     Ok(())
 }
 

@@ -243,7 +243,9 @@ impl Reranker {
     /// a relevance in `[0, 1]`, cut to the options' `top_n` and `min_score`.
     ///
     /// The input order is the first stage: with no model stage (or when every stage
-    /// fails) the documents come back in it.
+    /// fails) the documents come back in it. The documents have no first-stage
+    /// scores, so the reranker's default [`Fusion`] does not apply here: the model's
+    /// scores alone order them, unless the options set a fusion.
     ///
     /// # Example
     /// ```
@@ -274,8 +276,13 @@ impl Reranker {
             .map(|d| Candidate::new(d, 0.0))
             .collect();
         let n = candidates.len();
-        // Every document is reranked: they all came from the caller on purpose.
-        let options = options.clone().with_candidates(n.max(1));
+        // Every document is reranked: they all came from the caller on purpose. They
+        // carry no first-stage scores, so there is nothing to fuse the model's scores
+        // with unless the options ask for it (rank fusion with the input order).
+        let mut options = options.clone().with_candidates(n.max(1));
+        if options.fusion().is_none() {
+            options = options.with_fusion(Fusion::Off);
+        }
         let results = self.rerank(query, candidates, &options)?;
         let return_documents = options.return_documents();
         Ok(Ranking {
@@ -1027,6 +1034,23 @@ mod tests {
         assert_eq!(
             ids(&r.rerank("q", candidates(&texts), &off)?),
             ["d1", "d2", "d4", "d3", "d0"]
+        );
+        // `rank` takes plain texts with no first-stage scores: the reranker's fusion
+        // does not apply (the model alone, relevance from its raw scores) unless the
+        // options ask for one.
+        let plain = RerankOptions::default().with_stages(Stages {
+            pointwise: true,
+            listwise: false,
+        });
+        let ranking = r.rank("q", texts, &plain)?;
+        let order: Vec<usize> = ranking.results.iter().map(|d| d.index).collect();
+        assert_eq!(order, [1, 2, 4, 3, 0]);
+        assert_eq!(ranking.results[0].relevance_score, relevance(10.0));
+        let fused = plain.with_fusion(Fusion::Interpolate { weight: 0.0 });
+        let ranking = r.rank("q", texts, &fused)?;
+        assert_eq!(
+            ranking.results[0].index, 0,
+            "input order when asked to fuse with it"
         );
         let err = Reranker::new()
             .with_fusion(Fusion::Interpolate { weight: 2.0 })

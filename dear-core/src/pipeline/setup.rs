@@ -263,6 +263,11 @@ impl DearSetup {
         self.pointwise_adapter.as_deref()
     }
 
+    /// The listwise adapter, if any.
+    pub fn listwise_adapter(&self) -> Option<&str> {
+        self.listwise_adapter.as_deref()
+    }
+
     /// The model path or hub id.
     pub fn model(&self) -> &std::path::Path {
         &self.model

@@ -46,6 +46,12 @@ pub trait PointwiseStage: Send + Sync {
         let _ = passage;
         None
     }
+
+    /// How the stage has batched calls so far, if it batches across calls
+    /// ([`Scheduler`] does).
+    fn batch_stats(&self) -> Option<crate::BatchStats> {
+        None
+    }
 }
 
 /// A listwise stage: reorders a list of passages as a whole.
@@ -107,6 +113,10 @@ impl PointwiseStage for Scheduler {
 
     fn text_budget(&self, passage: &Passage) -> Option<usize> {
         self.scorer().text_budget(passage).ok()
+    }
+
+    fn batch_stats(&self) -> Option<crate::BatchStats> {
+        Some(Scheduler::batch_stats(self))
     }
 }
 

@@ -19,6 +19,6 @@ pub use self::permutation::{has_ranking, parse_ranking, IdBase, ParsedRanking};
 pub use self::pointwise::{EncodedQuery, Head, PointwiseConfig, PointwiseScorer, Scored};
 pub use self::prompt::{listwise_passage_text, listwise_prompt_ids, ListwisePrompt};
 pub use self::recipe::Recipe;
-pub use self::scheduler::Scheduler;
+pub use self::scheduler::{BatchStats, Scheduler};
 pub use self::types::{Passage, Query};
 pub use self::window::{slide, Stopped, WindowConfig, WindowRecord};

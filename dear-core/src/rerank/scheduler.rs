@@ -5,7 +5,7 @@
 //! passes, the caller gets [`Error::DeadlineExceeded`] at once and the scheduler drops
 //! the call's remaining work before its next batch.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -43,8 +43,29 @@ struct Job {
 #[derive(Debug)]
 pub struct Scheduler {
     scorer: Arc<PointwiseScorer>,
+    counters: Arc<Counters>,
     sender: Option<Sender<Job>>,
     worker: Option<JoinHandle<()>>,
+}
+
+/// What a [`Scheduler`] has done since it started: how many rounds it ran and how
+/// many calls and passages they packed. `calls / rounds` is how many callers shared
+/// a round on average (1.0: no sharing); `passages / rounds` the mean round size.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BatchStats {
+    /// Scoring rounds run (each one scores every call waiting when it formed).
+    pub rounds: u64,
+    /// Calls scored.
+    pub calls: u64,
+    /// Passages scored.
+    pub passages: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    rounds: AtomicU64,
+    calls: AtomicU64,
+    passages: AtomicU64,
 }
 
 impl Scheduler {
@@ -69,12 +90,15 @@ impl Scheduler {
         let scorer = Arc::new(scorer);
         let (sender, receiver) = crossbeam_channel::unbounded::<Job>();
         let worker_scorer = scorer.clone();
+        let counters = Arc::new(Counters::default());
+        let worker_counters = counters.clone();
         let worker = std::thread::Builder::new()
             .name("dear-pointwise".into())
-            .spawn(move || run(&worker_scorer, &receiver))
+            .spawn(move || run(&worker_scorer, &receiver, &worker_counters))
             .map_err(|e| Error::Internal(format!("cannot start the scorer thread: {e}")))?;
         Ok(Self {
             scorer,
+            counters,
             sender: Some(sender),
             worker: Some(worker),
         })
@@ -83,6 +107,15 @@ impl Scheduler {
     /// The scorer behind the thread.
     pub fn scorer(&self) -> &PointwiseScorer {
         &self.scorer
+    }
+
+    /// The rounds run so far and the calls and passages they packed.
+    pub fn batch_stats(&self) -> BatchStats {
+        BatchStats {
+            rounds: self.counters.rounds.load(Ordering::Relaxed),
+            calls: self.counters.calls.load(Ordering::Relaxed),
+            passages: self.counters.passages.load(Ordering::Relaxed),
+        }
     }
 
     /// Scores `passages` against `query`, in input order, with the tokens the model
@@ -149,7 +182,7 @@ impl Drop for Scheduler {
 
 /// The worker: wait for a job, gather everything else already queued, score all of
 /// it in shared batches, answer, repeat.
-fn run(scorer: &PointwiseScorer, receiver: &Receiver<Job>) {
+fn run(scorer: &PointwiseScorer, receiver: &Receiver<Job>, counters: &Counters) {
     while let Ok(first) = receiver.recv() {
         // A short grace period lets calls that arrive together share batches.
         let mut jobs = vec![first];
@@ -165,6 +198,14 @@ fn run(scorer: &PointwiseScorer, receiver: &Receiver<Job>) {
             continue;
         }
         let encoded: Vec<&EncodedQuery> = jobs.iter().map(|j| &j.encoded).collect();
+        counters.rounds.fetch_add(1, Ordering::Relaxed);
+        counters
+            .calls
+            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        let passages: usize = encoded.iter().map(|e| e.suffixes.len()).sum();
+        counters
+            .passages
+            .fetch_add(passages as u64, Ordering::Relaxed);
         let flags: Vec<Arc<AtomicBool>> = jobs.iter().map(|j| j.cancelled.clone()).collect();
         let mut all_cancelled = || flags.iter().all(|f| f.load(Ordering::Relaxed));
         match scorer.score_encoded(&encoded, &mut all_cancelled) {

@@ -22,6 +22,7 @@ mod bench;
 mod eval;
 mod pipeline;
 mod search;
+mod serve;
 mod train;
 
 /// DeAR reranking for Rust search: Llama inference, pointwise and listwise reranking.
@@ -53,6 +54,9 @@ enum Command {
     /// Train a DeAR adapter: the pointwise student (LoRA + score head, distilled) or,
     /// with --stage listwise, the listwise ranker (a CAUSAL_LM LoRA).
     Train(Box<train::TrainArgs>),
+    /// Serve the pipeline over HTTP: Cohere v2/v1, Jina, TEI rerank endpoints, reranked
+    /// search over an index, health, info and Prometheus metrics.
+    Serve(Box<serve::ServeArgs>),
 }
 
 /// Which model to load and how.
@@ -631,6 +635,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval::eval(args),
         Command::Bench(args) => bench::bench(args),
         Command::Train(args) => train::train(args),
+        Command::Serve(args) => serve::serve(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

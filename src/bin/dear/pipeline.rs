@@ -101,6 +101,13 @@ impl PipelineArgs {
         }
     }
 
+    /// The `--timeout` given, if any (checked by [`PipelineArgs::options`]).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+            .filter(|t| *t > 0.0)
+            .and_then(|t| Duration::try_from_secs_f64(t).ok())
+    }
+
     pub fn options(&self) -> anyhow::Result<RerankOptions> {
         let mut o = RerankOptions::default()
             .with_candidates(self.candidates)
@@ -122,10 +129,13 @@ impl PipelineArgs {
             o = o.with_max_passage_tokens(n);
         }
         if let Some(t) = self.timeout {
-            if !(t.is_finite() && t > 0.0) {
-                bail!("--timeout must be a positive number of seconds, not {t}");
-            }
-            o = o.with_timeout(Duration::from_secs_f64(t));
+            let d = Duration::try_from_secs_f64(t)
+                .ok()
+                .filter(|d| t > 0.0 && *d <= Duration::from_secs(86_400));
+            let Some(d) = d else {
+                bail!("--timeout must be a number of seconds in (0, 86400], not {t}");
+            };
+            o = o.with_timeout(d);
         }
         o.validate()?;
         Ok(o)
