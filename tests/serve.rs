@@ -581,3 +581,106 @@ fn a_full_queue_answers_429_and_sigterm_finishes_in_flight_work() -> TestResult 
     );
     Ok(())
 }
+
+/// `$.a[*].b` (or `$.a[*].b.c`): the part of JSONPath that Elasticsearch's
+/// `json_parser` settings and ml-commons' Cohere post-process use here.
+fn json_path<'a>(v: &'a Value, path: &str) -> Vec<&'a Value> {
+    let Some((array, field)) = path
+        .strip_prefix("$.")
+        .and_then(|rest| rest.split_once("[*]."))
+    else {
+        return Vec::new();
+    };
+    v[array]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|item| field.split('.').fold(item, |x, k| &x[k]))
+        .collect()
+}
+
+fn fixture_json(name: &str) -> Result<Value, Box<dyn std::error::Error>> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/deploy")
+        .join(name);
+    Ok(serde_json::from_str(&std::fs::read_to_string(path)?)?)
+}
+
+/// The requests Elasticsearch's custom inference service and OpenSearch's ml-commons
+/// connector send (rendered from docs/deploy.md's settings as those engines render
+/// them) get the responses their parsers read.
+#[test]
+fn elasticsearch_and_opensearch_connectors_get_the_shapes_they_parse() -> TestResult {
+    let model = tiny_classifier();
+    let s = Served::start(&["--model", &model.to_string_lossy()])?;
+    let c = client();
+    let host = s.url.trim_start_matches("http://").to_string();
+
+    // Elasticsearch: PUT _inference/rerank/dear {"service": "custom", ...}.
+    let es = fixture_json("elasticsearch-custom-rerank.json")?;
+    let settings = &es["service_settings"];
+    let top_n = es["task_settings"]["parameters"]["top_n"]
+        .as_u64()
+        .ok_or("no top_n")?;
+    let rendered = settings["request"]
+        .as_str()
+        .ok_or("no request template")?
+        .replace("${query}", &serde_json::to_string(QUERY)?)
+        .replace("${input}", &serde_json::to_string(&DOCS)?)
+        .replace("${top_n}", &top_n.to_string());
+    let body: Value = serde_json::from_str(&rendered)?;
+    let url = settings["url"]
+        .as_str()
+        .ok_or("no url")?
+        .replace("127.0.0.1:8080", &host);
+    let (status, response) = post(&c, &url, &body)?;
+    assert_eq!(status, 200, "{response}");
+    let parser = &settings["response"]["json_parser"];
+    let indexes = json_path(&response, parser["reranked_index"].as_str().unwrap_or(""));
+    let scores = json_path(&response, parser["relevance_score"].as_str().unwrap_or(""));
+    assert_eq!(indexes.len() as u64, top_n);
+    assert_eq!(scores.len() as u64, top_n);
+    assert!(indexes
+        .iter()
+        .all(|i| i.as_u64().is_some_and(|i| (i as usize) < DOCS.len())));
+    let scores: Vec<f64> = scores.iter().filter_map(|s| s.as_f64()).collect();
+    assert!(
+        scores.windows(2).all(|w| w[0] >= w[1]) && scores.iter().all(|s| (0.0..=1.0).contains(s))
+    );
+
+    // OpenSearch: an ml-commons connector whose Cohere pre-process turns
+    // {"query_text", "text_docs"} into query, documents and top_n (= every document).
+    let os = fixture_json("opensearch-ml-connector.json")?;
+    let action = &os["actions"][0];
+    let quoted = serde_json::to_string(QUERY)?;
+    let rendered = action["request_body"]
+        .as_str()
+        .ok_or("no request_body")?
+        .replace(
+            "${parameters.model}",
+            os["parameters"]["model"].as_str().unwrap_or(""),
+        )
+        .replace("${parameters.query}", &quoted[1..quoted.len() - 1])
+        .replace("${parameters.documents}", &serde_json::to_string(&DOCS)?)
+        .replace("${parameters.top_n}", &DOCS.len().to_string());
+    let body: Value = serde_json::from_str(&rendered)?;
+    let url = action["url"]
+        .as_str()
+        .ok_or("no url")?
+        .replace("${parameters.endpoint}", &host);
+    let (status, response) = post(&c, &url, &body)?;
+    assert_eq!(status, 200, "{response}");
+    // The post-process puts each document's relevance_score at its index: every
+    // document must come back exactly once.
+    let mut seen: Vec<u64> = json_path(&response, "$.results[*].index")
+        .iter()
+        .filter_map(|i| i.as_u64())
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..DOCS.len() as u64).collect::<Vec<_>>());
+    assert_eq!(
+        json_path(&response, "$.results[*].relevance_score").len(),
+        DOCS.len()
+    );
+    Ok(())
+}

@@ -201,6 +201,14 @@ impl Server {
     /// The routes, for serving yourself or nesting in a larger axum app.
     pub fn into_router(self) -> Router {
         let limit = self.state.config.max_body_bytes;
+        // Backstops: a client that trickles its body, and a request that outlives the
+        // longest deadline by a minute (the library honours deadlines on its own).
+        let body_timeout = Duration::from_secs(30);
+        let request_timeout = self
+            .state
+            .config
+            .max_deadline
+            .saturating_add(Duration::from_secs(60));
         Router::new()
             .route("/v2/rerank", post(api::v2_rerank))
             .route("/v1/rerank", post(api::v1_rerank))
@@ -212,6 +220,13 @@ impl Server {
             .fallback(api::not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(DefaultBodyLimit::max(limit))
+            .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+                body_timeout,
+            ))
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                request_timeout,
+            ))
             .layer(tower_http::catch_panic::CatchPanicLayer::custom(
                 |_: Box<dyn std::any::Any + Send>| {
                     ApiError::internal("the request hit a bug; the server is still up")

@@ -308,7 +308,8 @@ impl RerankOptions {
 
     /// The deadline of a search started at `start`.
     pub(crate) fn deadline_from(&self, start: Instant) -> Option<Instant> {
-        let from_timeout = self.timeout.map(|t| start + t);
+        // A timeout too long to represent as an instant is no deadline at all.
+        let from_timeout = self.timeout.and_then(|t| start.checked_add(t));
         match (from_timeout, self.deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -372,6 +373,15 @@ impl RerankOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timeout_past_the_end_of_time_is_no_deadline() {
+        let start = Instant::now();
+        let o = RerankOptions::default().with_timeout(Duration::MAX);
+        assert_eq!(o.deadline_from(start), None);
+        let o = RerankOptions::default().with_timeout(Duration::from_secs(2));
+        assert_eq!(o.deadline_from(start), Some(start + Duration::from_secs(2)));
+    }
 
     #[test]
     fn stages_parse_and_print() -> crate::Result<()> {

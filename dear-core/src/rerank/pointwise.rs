@@ -386,11 +386,31 @@ impl PointwiseScorer {
         queries: &[&EncodedQuery],
         cancelled: &mut dyn FnMut() -> bool,
     ) -> crate::Result<Vec<Vec<f32>>> {
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); queries.len()];
+        self.score_encoded_each(queries, cancelled, &mut |qi, scores| out[qi] = scores)?;
+        Ok(out)
+    }
+
+    /// Scores every passage of `queries` in batches of at most `max_batch_tokens`,
+    /// the queries in the order given (a batch may end one query and start the next),
+    /// and hands each query's scores to `done` as soon as its last passage is scored:
+    /// calls packed together share batches, and the first ones are answered first.
+    pub(crate) fn score_encoded_each(
+        &self,
+        queries: &[&EncodedQuery],
+        cancelled: &mut dyn FnMut() -> bool,
+        done: &mut dyn FnMut(usize, Vec<f32>),
+    ) -> crate::Result<()> {
         let mut out: Vec<Vec<f32>> = queries
             .iter()
             .map(|q| vec![f32::NAN; q.suffixes.len()])
             .collect();
-        // (query, passage, length) sorted by length, so batches hold similar lengths.
+        let mut left: Vec<usize> = queries.iter().map(|q| q.suffixes.len()).collect();
+        for (qi, _) in left.iter().enumerate().filter(|(_, &n)| n == 0) {
+            done(qi, Vec::new());
+        }
+        // (query, passage, length): queries in order, each one's passages by length, so
+        // that batches hold similar lengths.
         let mut items: Vec<(usize, usize, usize)> = queries
             .iter()
             .enumerate()
@@ -409,7 +429,7 @@ impl PointwiseScorer {
                 })
             })
             .collect();
-        items.sort_by_key(|&(_, _, len)| len);
+        items.sort_by_key(|&(qi, _, len)| (qi, len));
         let prefixes: Vec<KvCache> = if self.config.share_prefix {
             queries
                 .iter()
@@ -435,10 +455,14 @@ impl PointwiseScorer {
             let scores = self.run_batch(queries, &prefixes, chunk)?;
             for (&(qi, pi, _), s) in chunk.iter().zip(scores) {
                 out[qi][pi] = s;
+                left[qi] -= 1;
+                if left[qi] == 0 {
+                    done(qi, std::mem::take(&mut out[qi]));
+                }
             }
             start = end;
         }
-        Ok(out)
+        Ok(())
     }
 
     fn prefix_cache(&self, prefix: &[u32]) -> crate::Result<KvCache> {

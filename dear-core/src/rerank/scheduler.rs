@@ -208,21 +208,20 @@ fn run(scorer: &PointwiseScorer, receiver: &Receiver<Job>, counters: &Counters) 
             .fetch_add(passages as u64, Ordering::Relaxed);
         let flags: Vec<Arc<AtomicBool>> = jobs.iter().map(|j| j.cancelled.clone()).collect();
         let mut all_cancelled = || flags.iter().all(|f| f.load(Ordering::Relaxed));
-        match scorer.score_encoded(&encoded, &mut all_cancelled) {
-            Ok(scores) => {
-                for (job, s) in jobs.iter().zip(scores) {
-                    let _ = job.reply.send(Ok(s));
-                }
-            }
-            Err(e) => {
-                // Every call of the batch gets the same error.
-                let shared = std::sync::Arc::new(e);
-                for job in &jobs {
-                    let _ = job.reply.send(Err(match shared.as_ref() {
-                        Error::Cancelled => Error::Cancelled,
-                        _ => Error::Batch(shared.clone()),
-                    }));
-                }
+        // Each call is answered as soon as its own passages are scored.
+        let mut answered = vec![false; jobs.len()];
+        let result = scorer.score_encoded_each(&encoded, &mut all_cancelled, &mut |qi, s| {
+            answered[qi] = true;
+            let _ = jobs[qi].reply.send(Ok(s));
+        });
+        if let Err(e) = result {
+            // Every call of the round still waiting gets the same error.
+            let shared = std::sync::Arc::new(e);
+            for (job, _) in jobs.iter().zip(&answered).filter(|(_, &a)| !a) {
+                let _ = job.reply.send(Err(match shared.as_ref() {
+                    Error::Cancelled => Error::Cancelled,
+                    _ => Error::Batch(shared.clone()),
+                }));
             }
         }
     }
