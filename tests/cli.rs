@@ -1337,3 +1337,36 @@ fn bench_runs_the_fixed_workloads() -> TestResult {
     );
     Ok(())
 }
+
+/// Absurd values end in a clear error naming the flag, before any index or model is
+/// opened: no panic, no abort on a huge allocation.
+#[test]
+fn absurd_values_are_refused_by_name() -> TestResult {
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--candidates", "1000000000"],
+            "candidates must be between 1 and 100000",
+        ),
+        (
+            &["--timeout", "1e300"],
+            "--timeout must be a number of seconds",
+        ),
+        (&["--timeout", "0"], "--timeout must be a number of seconds"),
+        (
+            &["--top-k", "1000000000"],
+            "offset + limit must be at most 100000",
+        ),
+    ];
+    for (flags, expected) in cases {
+        let out = dear()
+            .args(["search", "--index", "/nonexistent-dear-index"])
+            .args(flags)
+            .arg("a query")
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flags:?}: {stderr}");
+        assert!(stderr.contains(expected), "{flags:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{flags:?}: {stderr}");
+    }
+    Ok(())
+}

@@ -155,6 +155,42 @@ impl ModelConfig {
                 return Err(Error::config(path, field, "must be greater than 0"));
             }
         }
+        // Upper bounds well past any real Llama (405B: 126 layers, 16,384 wide, 128
+        // heads, 128K vocabulary, 128K context), so that no allocation is sized from a
+        // crafted number.
+        let at_most = [
+            ("vocab_size", self.vocab_size, 1 << 22),
+            ("hidden_size", self.hidden_size, 1 << 16),
+            ("intermediate_size", self.intermediate_size, 1 << 18),
+            ("num_hidden_layers", self.num_layers, 1024),
+            ("num_attention_heads", self.num_heads, 1024),
+            ("num_key_value_heads", self.num_kv_heads, 1024),
+            ("head_dim", self.head_dim, 1024),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 24,
+            ),
+        ];
+        for (field, value, max) in at_most {
+            if value > max {
+                return Err(Error::config(
+                    path,
+                    field,
+                    format!("{value} is out of range (at most {max})"),
+                ));
+            }
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
+            return Err(Error::config(
+                path,
+                "rms_norm_eps",
+                format!(
+                    "must be a finite number in (0, 1), got {}",
+                    self.rms_norm_eps
+                ),
+            ));
+        }
         if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(Error::config(
                 path,
@@ -422,6 +458,41 @@ mod tests {
         assert_eq!(new.rope.theta, 500000.0);
         assert!(matches!(new.rope.scaling, RopeScaling::Llama3 { factor, .. } if factor == 8.0));
         Ok(())
+    }
+
+    /// Crafted sizes and epsilons are named errors before anything is allocated.
+    #[test]
+    fn crafted_values_are_refused_by_name() {
+        let cases = [
+            (r#""num_hidden_layers": 1000000000000"#, "num_hidden_layers"),
+            (
+                r#""max_position_embeddings": 100000000000"#,
+                "max_position_embeddings",
+            ),
+            (r#""rms_norm_eps": -1e-6"#, "rms_norm_eps"),
+            (r#""rms_norm_eps": 0.0"#, "rms_norm_eps"),
+            (r#""rms_norm_eps": 1e300"#, "rms_norm_eps"),
+        ];
+        for (field_json, field) in cases {
+            let base = BASE.replace(r#""num_hidden_layers": 2,"#, "");
+            let json = format!(r#"{{"model_type": "llama", {base}, {field_json}}}"#);
+            let json = if field == "num_hidden_layers" {
+                json
+            } else {
+                json.replace(
+                    r#""model_type": "llama","#,
+                    r#""model_type": "llama", "num_hidden_layers": 2,"#,
+                )
+            };
+            match parse(&json) {
+                Err(Error::Config {
+                    field: f, message, ..
+                }) => {
+                    assert_eq!(f, field, "{json}: {message}");
+                }
+                other => panic!("{json}: expected a config error on {field}, got {other:?}"),
+            }
+        }
     }
 
     #[test]

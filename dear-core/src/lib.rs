@@ -64,7 +64,7 @@ pub use crate::pipeline::{
     relevance, Candidate, ChunkSpan, Chunking, DearSetup, Fusion, HeadChoice, ListwiseStage,
     PointwiseStage, RankedDocument, Ranking, RerankOptions, RerankReport, RerankedHit,
     RerankedResults, Reranker, Stage, StageFailure, StageReport, StageStatus, Stages,
-    DEFAULT_STUDENT_FUSION,
+    DEFAULT_STUDENT_FUSION, MAX_CANDIDATES,
 };
 pub use crate::rerank::{
     has_ranking, listwise_passage_text, listwise_prompt_ids, parse_ranking, slide, BatchStats,

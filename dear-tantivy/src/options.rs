@@ -101,10 +101,16 @@ impl SearchOptions {
                 "limit must be at least 1".into(),
             ));
         }
-        if self.offset.checked_add(self.limit).is_none() {
-            return Err(crate::Error::InvalidOption(
-                "offset + limit overflows".into(),
-            ));
+        let max = dear_core::MAX_CANDIDATES;
+        if self
+            .offset
+            .checked_add(self.limit)
+            .is_none_or(|end| end > max)
+        {
+            return Err(crate::Error::InvalidOption(format!(
+                "offset + limit must be at most {max} (offset {}, limit {})",
+                self.offset, self.limit
+            )));
         }
         if self.snippet_chars == Some(0) {
             return Err(crate::Error::InvalidOption(

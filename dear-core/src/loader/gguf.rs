@@ -26,7 +26,35 @@ use crate::Error;
 pub(crate) fn read_content(path: &Path) -> crate::Result<Content> {
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    let content = Content::read(&mut file).map_err(|e| Error::corrupt(path, e))?;
+    // candle's reader trusts the header (it divides by `general.alignment`, for one):
+    // a crafted file must end in an error, never a panic across dear's API.
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut file)));
+    let content = match read {
+        Ok(r) => r.map_err(|e| Error::corrupt(path, e))?,
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown".into());
+            return Err(Error::corrupt(
+                path,
+                format!("the GGUF header is inconsistent (the reader failed: {why})"),
+            ));
+        }
+    };
+    match content.metadata.get("general.alignment") {
+        None => {}
+        Some(Value::U32(a)) if a.is_power_of_two() => {}
+        Some(Value::U64(a)) if a.is_power_of_two() => {}
+        Some(other) => {
+            return Err(Error::config(
+                path,
+                "general.alignment",
+                format!("must be a power of two greater than 0, got {other:?}"),
+            ))
+        }
+    }
     for (name, info) in &content.tensor_infos {
         let elems = info.shape.elem_count();
         let block = info.ggml_dtype.block_size();
@@ -376,6 +404,30 @@ impl GgufSource {
             pad_token_id: meta.u32("tokenizer.ggml.padding_token_id")?,
         };
         cfg.validate(p)?;
+        // The layer count must be the layers the file holds (no allocation is sized
+        // from a number the tensors do not back).
+        let layers_in_file = c
+            .tensor_infos
+            .keys()
+            .filter_map(|n| {
+                n.strip_prefix("blk.")?
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .max()
+            .map_or(0, |m| m + 1);
+        if cfg.num_layers != layers_in_file {
+            return Err(Error::config(
+                p,
+                "llama.block_count",
+                format!(
+                    "{} layers, but the file holds tensors for {layers_in_file}",
+                    cfg.num_layers
+                ),
+            ));
+        }
         if let Some(rope_dim) = meta.usize("llama.rope.dimension_count")? {
             if rope_dim != head_dim {
                 return Err(Error::config(
@@ -537,6 +589,35 @@ mod tests {
             Some("output.weight")
         );
         assert_eq!(gguf_name("score.weight"), None);
+    }
+
+    /// A header with `general.alignment` 0 (candle's reader divides by it) or not a
+    /// power of two is a named error, not a panic.
+    #[test]
+    fn a_crafted_alignment_is_an_error() -> crate::Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::Internal(e.to_string()))?;
+        for (i, alignment) in [0u32, 3].into_iter().enumerate() {
+            let path = dir.path().join(format!("a{i}.gguf"));
+            let mut f = File::create(&path).map_err(|e| Error::io(&path, e))?;
+            let arch = Value::String("llama".into());
+            let align = Value::U32(alignment);
+            candle_core::quantized::gguf_file::write(
+                &mut f,
+                &[
+                    ("general.architecture", &arch),
+                    ("general.alignment", &align),
+                ],
+                &[],
+            )
+            .map_err(|e| Error::Internal(e.to_string()))?;
+            drop(f);
+            let err = read_content(&path).unwrap_err().to_string();
+            assert!(
+                err.contains("general.alignment") || err.contains("inconsistent"),
+                "{alignment}: {err}"
+            );
+        }
+        Ok(())
     }
 
     fn content(metadata: Vec<(&str, Value)>) -> Content {

@@ -28,7 +28,7 @@ mod stage;
 pub use self::chunk::Chunking;
 pub use self::failure::StageFailure;
 pub use self::fusion::Fusion;
-pub use self::options::{RerankOptions, Stages};
+pub use self::options::{RerankOptions, Stages, MAX_CANDIDATES};
 pub use self::reranker::{relevance, Candidate, RankedDocument, Ranking, Reranker};
 pub use self::results::{
     ChunkSpan, RerankReport, RerankedHit, RerankedResults, Stage, StageReport, StageStatus,

@@ -75,6 +75,9 @@ impl std::fmt::Display for Stages {
     }
 }
 
+/// The most candidates one call reranks (a bound on the buffers sized from it).
+pub const MAX_CANDIDATES: usize = 100_000;
+
 /// Settings of one reranking call (or one reranked search). Build with [`RerankOptions::default`] and the
 /// `with_*` setters.
 ///
@@ -337,18 +340,28 @@ impl RerankOptions {
     /// # Errors
     /// [`Error::InvalidArgument`] naming the setting at fault.
     pub fn validate(&self) -> crate::Result<()> {
-        if self.candidates == 0 {
-            return Err(Error::InvalidArgument(
-                "candidates must be at least 1".into(),
-            ));
+        if self.candidates == 0 || self.candidates > MAX_CANDIDATES {
+            return Err(Error::InvalidArgument(format!(
+                "candidates must be between 1 and {MAX_CANDIDATES}, not {}",
+                self.candidates
+            )));
+        }
+        if self.listwise_depth > MAX_CANDIDATES {
+            return Err(Error::InvalidArgument(format!(
+                "the listwise depth must be at most {MAX_CANDIDATES}, not {}",
+                self.listwise_depth
+            )));
         }
         if self.stages.listwise && self.listwise_depth >= 2 {
             self.window_config().validate()?;
         }
-        if self.max_passage_tokens == Some(0) {
-            return Err(Error::InvalidArgument(
-                "max passage tokens must be at least 1".into(),
-            ));
+        if let Some(n) = self.max_passage_tokens {
+            if n == 0 || n > 1 << 20 {
+                return Err(Error::InvalidArgument(format!(
+                    "max passage tokens must be between 1 and {}, not {n}",
+                    1 << 20
+                )));
+            }
         }
         if let Some(c) = &self.chunking {
             c.validate()?;
@@ -373,6 +386,26 @@ impl RerankOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absurd_sizes_are_refused() {
+        let bad = [
+            RerankOptions::default().with_candidates(1_000_000_000),
+            RerankOptions::default().with_candidates(0),
+            RerankOptions::default().with_listwise_depth(usize::MAX),
+            RerankOptions::default().with_max_passage_tokens(usize::MAX),
+        ];
+        for o in bad {
+            assert!(
+                matches!(o.validate(), Err(Error::InvalidArgument(_))),
+                "{o:?}"
+            );
+        }
+        assert!(RerankOptions::default()
+            .with_candidates(MAX_CANDIDATES)
+            .validate()
+            .is_ok());
+    }
 
     #[test]
     fn a_timeout_past_the_end_of_time_is_no_deadline() {

@@ -133,7 +133,7 @@ impl PipelineArgs {
                 .ok()
                 .filter(|d| t > 0.0 && *d <= Duration::from_secs(86_400));
             let Some(d) = d else {
-                bail!("--timeout must be a number of seconds in (0, 86400], not {t}");
+                bail!("--timeout must be a number of seconds in (0, 86400], not {t:?}");
             };
             o = o.with_timeout(d);
         }

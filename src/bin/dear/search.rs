@@ -133,13 +133,14 @@ pub fn search(args: &SearchArgs) -> anyhow::Result<()> {
     let Some(text) = args.query.as_ref().or(args.query_arg.as_ref()) else {
         bail!("give the query as an argument or with --query");
     };
-    let index = PassageIndex::open(&args.index)?;
     let mut options = SearchOptions::new(args.top_k)
         .and_offset(args.offset)
         .with_rerank(args.pipeline.options()?);
     if let Some(n) = args.snippets {
         options = options.with_snippets(n);
     }
+    options.validate()?;
+    let index = PassageIndex::open(&args.index)?;
     let reranker = args.pipeline.reranker()?;
     let query = index.query(text)?;
     let results = index
