@@ -141,6 +141,10 @@ impl ChatTemplate {
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Lenient);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.set_formatter(python_formatter);
+        // A template comes with the model file: bound its work. Real chat templates use
+        // a few thousand instructions per conversation; a hostile one runs out of fuel
+        // (or of output room) within a fraction of a second.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.add_filter("tojson", tojson_filter);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
@@ -225,14 +229,53 @@ impl ChatTemplate {
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(|e| Error::ChatTemplate(e.to_string()))?;
+        let mut out = CappedOutput::default();
         template
-            .render(context)
-            .map_err(|e| Error::ChatTemplate(describe_render_error(&e)))
+            .render_captured_to(context, &mut out)
+            .map(drop)
+            .map_err(|e| match out.overflowed {
+                true => Error::ChatTemplate(format!(
+                    "the chat template's output passed {MAX_TEMPLATE_OUTPUT} bytes: refused"
+                )),
+                false => Error::ChatTemplate(describe_render_error(&e)),
+            })?;
+        String::from_utf8(out.bytes)
+            .map_err(|_| Error::ChatTemplate("the chat template wrote invalid UTF-8".into()))
     }
 
     /// The template's source text.
     pub fn source(&self) -> &str {
         &self.source
+    }
+}
+
+/// Template instructions one render may run (minijinja's fuel).
+pub const TEMPLATE_FUEL: u64 = 5_000_000;
+
+/// Bytes one render may write.
+pub const MAX_TEMPLATE_OUTPUT: usize = 16 << 20;
+
+/// The render's output, refusing to grow past [`MAX_TEMPLATE_OUTPUT`].
+#[derive(Default)]
+struct CappedOutput {
+    bytes: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_TEMPLATE_OUTPUT {
+            self.overflowed = true;
+            return Err(std::io::Error::other(
+                "the template's output is over its cap",
+            ));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -878,6 +921,45 @@ fn write_json_string(out: &mut String, text: &str, ensure_ascii: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hostile templates (they come with model files) end in a named error quickly:
+    /// nested loops run out of fuel, output loops hit the output cap.
+    #[test]
+    fn hostile_templates_end_in_a_named_error() -> crate::Result<()> {
+        let messages = [ChatMessage::user("hi")];
+        let cases = [
+            (
+                "{% for a in range(10000) %}{% for b in range(10000) %}{% for c in range(10000) %}{% endfor %}{% endfor %}{% endfor %}",
+                "fuel",
+            ),
+            (
+                "{% for a in range(10000) %}{% for b in range(10000) %}{{ 'x' * 1000 }}{% endfor %}{% endfor %}",
+                "",
+            ),
+        ];
+        for (source, expected) in cases {
+            let t = ChatTemplate::new(source, None, None)?;
+            let started = std::time::Instant::now();
+            let err = t.render(&messages, true).unwrap_err().to_string();
+            assert!(err.contains(expected), "{source}: {err}");
+            assert!(
+                err.contains("fuel") || err.contains("output passed"),
+                "{source}: {err}"
+            );
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "{source}"
+            );
+        }
+        // A real template is far inside the budget.
+        let t = ChatTemplate::new(
+            "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}",
+            None,
+            None,
+        )?;
+        assert_eq!(t.render(&messages, false)?, "<|user|>hi");
+        Ok(())
+    }
 
     #[test]
     fn float_repr_matches_python() {
