@@ -1370,3 +1370,53 @@ fn absurd_values_are_refused_by_name() -> TestResult {
     }
     Ok(())
 }
+
+/// Control and bidirectional-control characters in documents reach the terminal
+/// escaped in the table; `--json` keeps the text exact.
+#[test]
+fn table_output_escapes_control_and_bidi_characters() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let corpus = dir.path().join("corpus.jsonl");
+    let hostile = "rust ownership \u{1b}[2J\u{1b}]0;owned\u{7} text \u{202e}txet desrever";
+    let line = serde_json::json!({"_id": "id\u{1b}[31m", "title": "t\u{2066}x", "text": hostile});
+    std::fs::write(&corpus, format!("{line}\n"))?;
+    let index = dir.path().join("index");
+    let out = dear()
+        .arg("index")
+        .arg("--corpus")
+        .arg(&corpus)
+        .arg("--index")
+        .arg(&index)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let search = |json: bool| -> Result<String, Box<dyn std::error::Error>> {
+        let mut cmd = dear();
+        cmd.arg("search").arg("--index").arg(&index);
+        cmd.args(["--stages", "bm25"]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.arg("rust ownership").output()?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let table = search(false)?;
+    for raw in ['\u{1b}', '\u{7}', '\u{202e}', '\u{2066}'] {
+        assert!(!table.contains(raw), "raw {raw:?} in\n{table}");
+    }
+    assert!(
+        table.contains("\\u{1b}") && table.contains("\\u{202e}"),
+        "{table}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&search(true)?)?;
+    assert_eq!(json["hits"][0]["passage"]["text"], hostile);
+    Ok(())
+}

@@ -245,8 +245,39 @@ fn split_passages(text: &str, words: usize) -> Vec<String> {
     out
 }
 
+/// Whether `c` must not reach a terminal raw: control characters (escape sequences
+/// start with one) and the Unicode bidirectional controls (they reorder what follows).
+fn unsafe_on_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` safe to print on a terminal: control and bidirectional-control characters
+/// written as `\u{…}` escapes, everything else as is.
+///
+/// ```
+/// assert_eq!(dear_core::corpus::terminal_safe("a\u{1b}[2Jb\u{202e}c"), "a\\u{1b}[2Jb\\u{202e}c");
+/// assert_eq!(dear_core::corpus::terminal_safe("plain"), "plain");
+/// ```
+pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(unsafe_on_terminal) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_on_terminal(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// `text` on one line (whitespace runs collapsed to one space, none at either end), at
-/// most `max` characters; an ellipsis (`…`, counted in `max`) marks a cut.
+/// most `max` characters; an ellipsis (`…`, counted in `max`) marks a cut. Control and
+/// bidirectional-control characters are escaped ([`terminal_safe`]): the result is for
+/// display.
 ///
 /// ```
 /// assert_eq!(dear_core::corpus::one_line("a  b\n c", 10), "a b c");
@@ -254,6 +285,7 @@ fn split_passages(text: &str, words: usize) -> Vec<String> {
 /// ```
 pub fn one_line(text: &str, max: usize) -> String {
     let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let flat = terminal_safe(&flat).into_owned();
     if flat.chars().count() <= max {
         return flat;
     }

@@ -649,7 +649,11 @@ fn main() -> ExitCode {
 /// The width of the id column of a table: the longest id, between 2 and `max` characters.
 fn id_column_width<'a>(ids: impl IntoIterator<Item = Option<&'a str>>, max: usize) -> usize {
     ids.into_iter()
-        .map(|id| id.map_or(1, |id| id.chars().count()))
+        .map(|id| {
+            id.map_or(1, |id| {
+                dear::dear_core::corpus::terminal_safe(id).chars().count()
+            })
+        })
         .max()
         .unwrap_or(2)
         .clamp(2, max)

@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::id_column_width;
 use crate::pipeline::PipelineArgs;
-use dear::dear_core::corpus::one_line;
+use dear::dear_core::corpus::{one_line, terminal_safe};
 
 // ---------------------------------------------------------------- index
 
@@ -168,7 +168,7 @@ pub fn search(args: &SearchArgs) -> anyhow::Result<()> {
             out,
             "{:>4}  {:<46}  {}",
             args.offset + rank + 1,
-            p.id.as_deref().unwrap_or(""),
+            terminal_safe(p.id.as_deref().unwrap_or("")),
             one_line(&p.text, 70)
         )?;
     }
@@ -218,7 +218,7 @@ pub(crate) fn print_table(out: &mut impl Write, hits: &[SearchHit]) -> anyhow::R
             out,
             "{:>4}  {:<idw$}  {moved:>11}  {:>7.3}  {pw:>9}  {fused_column}{:<9}  {:<40}  {}",
             h.final_rank,
-            h.id(),
+            terminal_safe(h.id()),
             h.first_score,
             h.placed_by.name(),
             one_line(h.passage.title.as_deref().unwrap_or("-"), 40),
