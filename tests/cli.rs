@@ -1420,3 +1420,35 @@ fn table_output_escapes_control_and_bidi_characters() -> TestResult {
     assert_eq!(json["hits"][0]["passage"]["text"], hostile);
     Ok(())
 }
+
+/// An adapter whose scaling overflows f32 (`lora_alpha` 1e39) makes the model compute
+/// NaN: `dear score` fails naming it instead of printing `"score": null`.
+#[test]
+fn a_non_finite_score_is_an_error_not_null() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let docs = write_docs(dir.path(), "docs.jsonl", DOCS.as_bytes())?;
+    let adapter = dir.path().join("overflowing");
+    std::fs::create_dir(&adapter)?;
+    let src = lora_fixture("seqcls-a");
+    std::fs::copy(
+        src.join("adapter_model.safetensors"),
+        adapter.join("adapter_model.safetensors"),
+    )?;
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("adapter_config.json"))?)?;
+    config["lora_alpha"] = serde_json::json!(1e39);
+    std::fs::write(adapter.join("adapter_config.json"), config.to_string())?;
+    let out = dear()
+        .args(["score", "--json", "--query", QUERY, "--model"])
+        .arg(fixture("tiny-gqa"))
+        .arg("--adapter")
+        .arg(&adapter)
+        .arg("--docs")
+        .arg(&docs)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("non-finite"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("null"));
+    Ok(())
+}

@@ -159,6 +159,10 @@ pub enum Error {
     /// overwrite another run, a checkpoint that does not match the run resumed.
     #[error("training: {0}")]
     Training(String),
+    /// The model computed a NaN or infinite value where a score belongs: its weights or
+    /// adapter overflow (an absurd `lora_alpha`, non-finite tensors).
+    #[error("the model produced a non-finite score ({0}): check its weights and adapter")]
+    NonFinite(String),
     /// An internal invariant does not hold (a bug in dear-core: please report it).
     #[error("internal error: {0}")]
     Internal(String),

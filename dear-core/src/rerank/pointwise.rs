@@ -453,6 +453,12 @@ impl PointwiseScorer {
             }
             let chunk = &items[start..end];
             let scores = self.run_batch(queries, &prefixes, chunk)?;
+            if let Some((k, s)) = scores.iter().enumerate().find(|(_, s)| !s.is_finite()) {
+                let (qi, pi, _) = chunk[k];
+                return Err(Error::NonFinite(format!(
+                    "{s} for passage {pi} of query {qi}"
+                )));
+            }
             for (&(qi, pi, _), s) in chunk.iter().zip(scores) {
                 out[qi][pi] = s;
                 left[qi] -= 1;
