@@ -1452,3 +1452,72 @@ fn a_non_finite_score_is_an_error_not_null() -> TestResult {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("null"));
     Ok(())
 }
+
+/// Queries too long for the command line come from a file or standard input; a file
+/// that is not UTF-8 is a named error.
+#[test]
+fn long_queries_come_from_a_file_or_stdin() -> TestResult {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir()?;
+    let corpus = dir.path().join("corpus.jsonl");
+    std::fs::write(
+        &corpus,
+        "{\"_id\": \"a\", \"text\": \"ownership and borrowing in rust\"}\n{\"_id\": \"b\", \"text\": \"closures capture their environment\"}\n",
+    )?;
+    let index = dir.path().join("index");
+    let out = dear()
+        .arg("index")
+        .arg("--corpus")
+        .arg(&corpus)
+        .arg("--index")
+        .arg(&index)
+        .output()?;
+    assert!(out.status.success());
+    let search = || {
+        let mut c = dear();
+        c.arg("search").arg("--index").arg(&index).args([
+            "--stages",
+            "bm25",
+            "--json",
+            "--query-file",
+        ]);
+        c
+    };
+    // 160 KB: past what one argument may carry on Linux (128 KiB).
+    let long = dir.path().join("long.txt");
+    std::fs::write(&long, "borrowing ownership ".repeat(8000))?;
+    let out = search().arg(&long).output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(json["hits"][0]["passage"]["id"], "a");
+
+    let bad = dir.path().join("bad.txt");
+    std::fs::write(&bad, b"rust \xff\xfe")?;
+    let out = search().arg(&bad).output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("not UTF-8") && stderr.contains("bad.txt"),
+        "{stderr}"
+    );
+
+    let mut child = search()
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .ok_or("no stdin")?
+        .write_all(b"closures environment")?;
+    let out = child.wait_with_output()?;
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(json["hits"][0]["passage"]["id"], "b");
+    Ok(())
+}

@@ -478,7 +478,7 @@ fn search_endpoint_gives_what_the_cli_gives() -> TestResult {
             .as_array()
             .into_iter()
             .flatten()
-            .map(|h| h["id"].to_string())
+            .filter_map(|h| h["passage"]["id"].as_str().map(str::to_string))
             .collect()
     };
     assert_eq!(ids(&served), ids(&cli));

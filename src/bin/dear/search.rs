@@ -127,11 +127,60 @@ pub struct SearchArgs {
     /// The query, as a positional argument.
     #[arg(value_name = "QUERY_TEXT")]
     query_arg: Option<String>,
+    /// Read the query from a file (`-`: standard input), for queries too long for the
+    /// command line (at most 1 MiB of UTF-8).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["query", "query_arg"])]
+    query_file: Option<PathBuf>,
+}
+
+/// The longest query `--query-file` reads.
+const MAX_QUERY_FILE_BYTES: u64 = 1 << 20;
+
+/// The query of `--query-file` (`-`: stdin), bounded and checked for UTF-8.
+fn read_query_file(path: &Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    let what = if path.as_os_str() == "-" {
+        std::io::stdin()
+            .lock()
+            .take(MAX_QUERY_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .context("reading the query from standard input")?;
+        "standard input".to_string()
+    } else {
+        std::fs::File::open(path)
+            .with_context(|| format!("opening the query file {}", path.display()))?
+            .take(MAX_QUERY_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("reading the query file {}", path.display()))?;
+        path.display().to_string()
+    };
+    if bytes.len() as u64 > MAX_QUERY_FILE_BYTES {
+        bail!("the query in {what} is over {MAX_QUERY_FILE_BYTES} bytes");
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "the query in {what} is not UTF-8 (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    if text.trim().is_empty() {
+        bail!("the query in {what} is empty");
+    }
+    Ok(text)
 }
 
 pub fn search(args: &SearchArgs) -> anyhow::Result<()> {
-    let Some(text) = args.query.as_ref().or(args.query_arg.as_ref()) else {
-        bail!("give the query as an argument or with --query");
+    let from_file = match &args.query_file {
+        Some(path) => Some(read_query_file(path)?),
+        None => None,
+    };
+    let Some(text) = from_file
+        .as_ref()
+        .or(args.query.as_ref())
+        .or(args.query_arg.as_ref())
+    else {
+        bail!("give the query as an argument, with --query or with --query-file");
     };
     let mut options = SearchOptions::new(args.top_k)
         .and_offset(args.offset)
