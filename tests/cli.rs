@@ -1380,19 +1380,7 @@ fn table_output_escapes_control_and_bidi_characters() -> TestResult {
     let hostile = "rust ownership \u{1b}[2J\u{1b}]0;owned\u{7} text \u{202e}txet desrever";
     let line = serde_json::json!({"_id": "id\u{1b}[31m", "title": "t\u{2066}x", "text": hostile});
     std::fs::write(&corpus, format!("{line}\n"))?;
-    let index = dir.path().join("index");
-    let out = dear()
-        .arg("index")
-        .arg("--corpus")
-        .arg(&corpus)
-        .arg("--index")
-        .arg(&index)
-        .output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let index = index_corpus(&corpus, dir.path())?;
     let search = |json: bool| -> Result<String, Box<dyn std::error::Error>> {
         let mut cmd = dear();
         cmd.arg("search").arg("--index").arg(&index);
@@ -1464,15 +1452,7 @@ fn long_queries_come_from_a_file_or_stdin() -> TestResult {
         &corpus,
         "{\"_id\": \"a\", \"text\": \"ownership and borrowing in rust\"}\n{\"_id\": \"b\", \"text\": \"closures capture their environment\"}\n",
     )?;
-    let index = dir.path().join("index");
-    let out = dear()
-        .arg("index")
-        .arg("--corpus")
-        .arg(&corpus)
-        .arg("--index")
-        .arg(&index)
-        .output()?;
-    assert!(out.status.success());
+    let index = index_corpus(&corpus, dir.path())?;
     let search = || {
         let mut c = dear();
         c.arg("search").arg("--index").arg(&index).args([
@@ -1520,4 +1500,22 @@ fn long_queries_come_from_a_file_or_stdin() -> TestResult {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(json["hits"][0]["passage"]["id"], "b");
     Ok(())
+}
+
+/// Builds `<dir>/index` from a BEIR corpus with `dear index`, which must succeed.
+fn index_corpus(corpus: &Path, dir: &Path) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let index = dir.join("index");
+    let out = dear()
+        .arg("index")
+        .arg("--corpus")
+        .arg(corpus)
+        .arg("--index")
+        .arg(&index)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(index)
 }

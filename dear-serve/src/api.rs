@@ -130,6 +130,15 @@ struct Fallback {
     message: String,
 }
 
+impl<'a> DearMeta<'a> {
+    fn of(report: &'a RerankReport) -> Self {
+        Self {
+            stages: report,
+            fallbacks: fallbacks(report),
+        }
+    }
+}
+
 fn fallbacks(report: &RerankReport) -> Vec<Fallback> {
     report
         .failures()
@@ -364,6 +373,28 @@ fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
+/// The server's base options with the request's stages (or `default`), its start and
+/// its deadline (field, header or the server's default).
+fn request_options(
+    state: &AppState,
+    stages_field: Option<&Value>,
+    default: Stages,
+    deadline_field: Option<&Value>,
+    headers: &HeaderMap,
+    received: Instant,
+) -> Result<RerankOptions, ApiError> {
+    let mut options = state
+        .config
+        .options
+        .clone()
+        .with_stages(stages(stages_field, default)?)
+        .with_started_at(received);
+    if let Some(d) = deadline(state, deadline_field, headers)? {
+        options = options.with_timeout(d);
+    }
+    Ok(options)
+}
+
 impl RerankRequest {
     fn call(
         self,
@@ -373,21 +404,20 @@ impl RerankRequest {
     ) -> Result<Call, ApiError> {
         let query = query("query", self.query, state)?;
         let documents = documents("documents", &self.documents, state)?;
-        let mut options = state
-            .config
-            .options
-            .clone()
-            .with_stages(stages(self.stages.as_ref(), state.rerank_stages())?)
-            .with_started_at(received)
-            .with_return_documents(self.return_documents.unwrap_or(false));
+        let mut options = request_options(
+            state,
+            self.stages.as_ref(),
+            state.rerank_stages(),
+            self.deadline_ms.as_ref(),
+            headers,
+            received,
+        )?
+        .with_return_documents(self.return_documents.unwrap_or(false));
         if let Some(n) = int_in("top_n", self.top_n, 1, i64::MAX)? {
             options = options.with_top_n(n);
         }
         if let Some(n) = int_in("max_tokens_per_doc", self.max_tokens_per_doc, 1, 1 << 20)? {
             options = options.with_max_passage_tokens(n);
-        }
-        if let Some(d) = deadline(state, self.deadline_ms.as_ref(), headers)? {
-            options = options.with_timeout(d);
         }
         Ok(Call {
             query,
@@ -437,6 +467,18 @@ async fn rank(state: &Arc<AppState>, call: Call) -> Result<Ranking, ApiError> {
     Ok(ranking)
 }
 
+/// The Cohere / Jina request in `raw`, validated and ranked.
+async fn rerank_request(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+    received: Instant,
+) -> Result<Ranking, ApiError> {
+    let req: RerankRequest = parse_json(&body(raw)?)?;
+    let call = req.call(state, headers, received)?;
+    rank(state, call).await
+}
+
 /// Counts the response under `endpoint`.
 fn finish(
     state: &AppState,
@@ -465,9 +507,7 @@ pub(crate) async fn v2_rerank(
 ) -> Response {
     let received = Instant::now();
     let result = async {
-        let req: RerankRequest = parse_json(&body(raw)?)?;
-        let call = req.call(&state, &headers, received)?;
-        let ranking = rank(&state, call).await?;
+        let ranking = rerank_request(&state, &headers, raw, received).await?;
         let value = serde_json::json!({
             "id": uuid::Uuid::new_v4().to_string(),
             "results": ranking.results.iter().map(|r| V2Result {
@@ -479,7 +519,7 @@ pub(crate) async fn v2_rerank(
                 "billed_units": {"search_units": 1},
                 "tokens": {"input_tokens": input_tokens(&ranking.report), "output_tokens": 0},
             },
-            "dear": DearMeta { stages: &ranking.report, fallbacks: fallbacks(&ranking.report) },
+            "dear": DearMeta::of(&ranking.report),
         });
         Ok(respond(&value, &ranking.report))
     }
@@ -494,9 +534,7 @@ pub(crate) async fn v1_rerank(
 ) -> Response {
     let received = Instant::now();
     let result = async {
-        let req: RerankRequest = parse_json(&body(raw)?)?;
-        let call = req.call(&state, &headers, received)?;
-        let ranking = rank(&state, call).await?;
+        let ranking = rerank_request(&state, &headers, raw, received).await?;
         let tokens = input_tokens(&ranking.report);
         let value = serde_json::json!({
             "id": uuid::Uuid::new_v4().to_string(),
@@ -512,7 +550,7 @@ pub(crate) async fn v1_rerank(
                 "api_version": {"version": "1"},
                 "billed_units": {"search_units": 1},
             },
-            "dear": DearMeta { stages: &ranking.report, fallbacks: fallbacks(&ranking.report) },
+            "dear": DearMeta::of(&ranking.report),
         });
         Ok(respond(&value, &ranking.report))
     }
@@ -530,16 +568,15 @@ pub(crate) async fn tei_rerank(
         let req: TeiRequest = parse_json(&body(raw)?)?;
         let query = query("query", req.query, &state)?;
         let documents = documents("texts", &req.texts, &state)?;
-        let mut options = state
-            .config
-            .options
-            .clone()
-            .with_stages(stages(req.stages.as_ref(), state.rerank_stages())?)
-            .with_started_at(received)
-            .with_return_documents(req.return_text.unwrap_or(false));
-        if let Some(d) = deadline(&state, req.deadline_ms.as_ref(), &headers)? {
-            options = options.with_timeout(d);
-        }
+        let options = request_options(
+            &state,
+            req.stages.as_ref(),
+            state.rerank_stages(),
+            req.deadline_ms.as_ref(),
+            &headers,
+            received,
+        )?
+        .with_return_documents(req.return_text.unwrap_or(false));
         let raw_scores = req.raw_scores.unwrap_or(false);
         let ranking = rank(
             &state,
@@ -586,15 +623,14 @@ pub(crate) async fn search(
         let top_k = int_in("top_k", req.top_k, 1, state.config.max_documents as i64)?.unwrap_or(10);
         let offset =
             int_in("offset", req.offset, 0, state.config.max_documents as i64)?.unwrap_or(0);
-        let mut rerank = state
-            .config
-            .options
-            .clone()
-            .with_stages(stages(req.stages.as_ref(), state.config.options.stages())?)
-            .with_started_at(received);
-        if let Some(d) = deadline(&state, req.deadline_ms.as_ref(), &headers)? {
-            rerank = rerank.with_timeout(d);
-        }
+        let rerank = request_options(
+            &state,
+            req.stages.as_ref(),
+            state.config.options.stages(),
+            req.deadline_ms.as_ref(),
+            &headers,
+            received,
+        )?;
         let mut options = SearchOptions::new(top_k)
             .and_offset(offset)
             .with_rerank(rerank);
