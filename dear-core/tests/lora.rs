@@ -413,3 +413,130 @@ fn deadline_is_honoured() -> TestResult {
     );
     Ok(())
 }
+
+/// A copy of `seqcls-a` with its config edited by `edit` and its tensors by `tensors`.
+fn edited_adapter(
+    edit: impl FnOnce(&mut serde_json::Value),
+    tensors: impl FnOnce(&mut std::collections::HashMap<String, candle_core::Tensor>),
+) -> Result<tempfile::TempDir, Box<dyn std::error::Error>> {
+    let src = lora_dir("seqcls-a");
+    let dir = tempfile::tempdir()?;
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("adapter_config.json"))?)?;
+    edit(&mut cfg);
+    std::fs::write(dir.path().join("adapter_config.json"), cfg.to_string())?;
+    let mut map = candle_core::safetensors::load(
+        src.join("adapter_model.safetensors"),
+        &candle_core::Device::Cpu,
+    )?;
+    tensors(&mut map);
+    candle_core::safetensors::save(&map, dir.path().join("adapter_model.safetensors"))?;
+    Ok(dir)
+}
+
+/// Adapters whose settings and tensors disagree, or whose values are not usable, are
+/// refused at load with an error naming the field or tensor, never applied silently
+/// (peft raises for target modules that match nothing; it would skip stray tensors).
+#[test]
+fn adapters_that_disagree_with_their_config_are_refused() -> TestResult {
+    let base = base_copy(&fixture("tiny-gqa"));
+    let load = |dir: &tempfile::TempDir| {
+        LanguageModel::load(
+            base.path(),
+            &LoadOptions::default().with_adapter(dir.path().to_string_lossy(), AdapterMode::Merged),
+        )
+        .err()
+        .map(|e| e.to_string())
+    };
+    let no_tensor_edit = |_: &mut std::collections::HashMap<String, candle_core::Tensor>| {};
+    // Each case: the edit and the words the error must contain.
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let config_cases: Vec<(Edit, &[&str])> = vec![
+        (
+            Box::new(|c| c["target_modules"] = serde_json::json!(["qkv_proj"])),
+            &["target_modules", "match no module"],
+        ),
+        (
+            Box::new(|c| c["target_modules"] = serde_json::json!([])),
+            &["target_modules", "empty"],
+        ),
+        (
+            Box::new(|c| c["layers_to_transform"] = serde_json::json!([0, 99])),
+            &["layers_to_transform", "99", "past the last layer"],
+        ),
+        (
+            // Targets only layer 0, but the file holds every layer's matrices.
+            Box::new(|c| c["layers_to_transform"] = serde_json::json!([0])),
+            &["model.layers.1.", "does not target"],
+        ),
+        (
+            Box::new(|c| c["target_modules"] = serde_json::json!(["q_proj", "v_proj"])),
+            &["down_proj", "does not target"],
+        ),
+        (
+            Box::new(|c| c["lora_alpha"] = serde_json::json!(1e39)),
+            &["lora_alpha", "out of range"],
+        ),
+        (
+            Box::new(|c| c["r"] = serde_json::json!(1u64 << 40)),
+            &["`r`", "out of range"],
+        ),
+        (
+            Box::new(|c| c["alpha_pattern"] = serde_json::json!({"q_proj": -1e300})),
+            &["alpha_pattern.q_proj", "out of range"],
+        ),
+    ];
+    for (edit, words) in config_cases {
+        let dir = edited_adapter(|c| edit(c), no_tensor_edit)?;
+        let msg = load(&dir).ok_or_else(|| format!("loaded; wanted an error with {words:?}"))?;
+        for w in words {
+            assert!(msg.contains(w), "{msg:?} lacks {w:?}");
+        }
+    }
+    let a_key = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight";
+    // A tensor for a module the adapter does not save.
+    let dir = edited_adapter(
+        |_| {},
+        |m| {
+            let t = m[a_key].clone();
+            m.insert("base_model.model.model.norm.weight".into(), t);
+        },
+    )?;
+    let msg = load(&dir).ok_or("loaded a stray norm tensor")?;
+    assert!(msg.contains("model.norm.weight") && msg.contains("does not target"), "{msg}");
+    // Integer weights.
+    let dir = edited_adapter(
+        |_| {},
+        |m| {
+            let t = m[a_key].to_dtype(candle_core::DType::U32).expect("u32");
+            m.insert(a_key.into(), t);
+        },
+    )?;
+    let msg = load(&dir).ok_or("loaded integer weights")?;
+    assert!(msg.contains(a_key) && msg.contains("dtype"), "{msg}");
+    // Non-finite values, in the LoRA matrices and in the head.
+    for key in [a_key, "base_model.model.score.weight"] {
+        let dir = edited_adapter(
+            |_| {},
+            |m| {
+                let t = &m[key];
+                let mut v: Vec<f32> = t
+                    .to_dtype(candle_core::DType::F32)
+                    .and_then(|t| t.flatten_all())
+                    .and_then(|t| t.to_vec1())
+                    .expect("values");
+                let mid = v.len() / 2;
+                v[mid] = f32::NAN;
+                let bad = candle_core::Tensor::from_vec(v, t.dims(), &candle_core::Device::Cpu)
+                    .expect("tensor");
+                m.insert(key.into(), bad);
+            },
+        )?;
+        let msg = load(&dir).ok_or("loaded NaN weights")?;
+        assert!(msg.contains(key) && msg.contains("NaN"), "{msg}");
+    }
+    // The unedited copy still loads: the checks refuse only what is wrong.
+    let dir = edited_adapter(|_| {}, no_tensor_edit)?;
+    assert_eq!(load(&dir), None);
+    Ok(())
+}

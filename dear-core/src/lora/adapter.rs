@@ -104,16 +104,55 @@ impl LoraAdapter {
                 "fan_in_fan_out=True is ignored for Linear modules, as peft does"
             );
         }
+        let linears = base_linears(base);
+        if let Some(layers) = config.layers() {
+            if let Some(&l) = layers.iter().find(|&&l| l >= base.num_layers) {
+                return Err(Error::config(
+                    &cfg_path,
+                    "layers_to_transform",
+                    format!(
+                        "layer {l} is past the last layer of the base model ({} layers)",
+                        base.num_layers
+                    ),
+                ));
+            }
+        }
+        let targeted: Vec<&String> = linears.keys().filter(|m| config.targets(m)).collect();
+        if targeted.is_empty() {
+            // peft: "Target modules ... not found in the base model."
+            return Err(Error::config(
+                &cfg_path,
+                "target_modules",
+                format!(
+                    "{} (with layers_to_transform {:?}) match no module of the base model",
+                    config.target_modules_text(),
+                    config.layers()
+                ),
+            ));
+        }
         let st = crate::loader::safetensors::mmap(&weights)?;
         let mut a_parts: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut b_parts: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut biases = BTreeMap::new();
         let mut saved = BTreeMap::new();
-        for (key, _) in st.tensors() {
-            let t = st
-                .load(&key, device)
-                .map_err(|e| Error::corrupt(&weights, format!("tensor '{key}': {e}")))?
-                .to_dtype(dtype)?;
+        let mut tensors = st.tensors();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        for (key, view) in tensors {
+            if !matches!(
+                view.dtype(),
+                safetensors::Dtype::F16
+                    | safetensors::Dtype::BF16
+                    | safetensors::Dtype::F32
+                    | safetensors::Dtype::F64
+            ) {
+                return Err(Error::corrupt(
+                    &weights,
+                    format!(
+                        "tensor '{key}' has dtype {:?}; adapter weights must be f16, bf16, f32 or f64",
+                        view.dtype()
+                    ),
+                ));
+            }
             let Some(rest) = key.strip_prefix(PREFIX) else {
                 return Err(Error::corrupt(
                     &weights,
@@ -127,17 +166,71 @@ impl LoraAdapter {
                     "adapter '{name}': tensor '{key}' (embedding LoRA / DoRA) is not supported"
                 )));
             }
-            if let Some(module) = rest.strip_suffix(".lora_A.weight") {
-                a_parts.insert(module.to_string(), t);
+            let stray = |what: &str| {
+                Error::corrupt(
+                    &weights,
+                    format!(
+                        "tensor '{key}' is {what}, which adapter_config.json does not target \
+                         (target_modules {}, layers_to_transform {:?}, modules_to_save {:?}, bias {:?}); \
+                         peft would not apply it",
+                        config.target_modules_text(),
+                        config.layers(),
+                        config.modules_to_save,
+                        config.bias.as_deref().unwrap_or("none"),
+                    ),
+                )
+            };
+            // Checked before the tensor is read, so a stray tensor costs no memory.
+            let part = if let Some(module) = rest.strip_suffix(".lora_A.weight") {
+                if !config.targets(module) {
+                    return Err(stray("a LoRA matrix for a module"));
+                }
+                Part::A(module)
             } else if let Some(module) = rest.strip_suffix(".lora_B.weight") {
-                b_parts.insert(module.to_string(), t);
-            } else if rest.ends_with(".bias") && !is_saved(&config, rest) {
-                biases.insert(rest.to_string(), t);
+                if !config.targets(module) {
+                    return Err(stray("a LoRA matrix for a module"));
+                }
+                Part::B(module)
+            } else if config.saves(rest) {
+                Part::Saved
+            } else if let Some(module) = rest.strip_suffix(".bias") {
+                let allowed = match config.bias.as_deref() {
+                    Some("all") => true,
+                    Some("lora_only") => config.targets(module),
+                    _ => false,
+                };
+                if !allowed {
+                    return Err(stray("a bias"));
+                }
+                Part::Bias
             } else {
-                saved.insert(rest.to_string(), t);
+                return Err(stray("a module-to-save tensor"));
+            };
+            let t = st
+                .load(&key, device)
+                .map_err(|e| Error::corrupt(&weights, format!("tensor '{key}': {e}")))?
+                .to_dtype(dtype)?;
+            if !all_finite(&t)? {
+                return Err(Error::corrupt(
+                    &weights,
+                    format!("tensor '{key}' holds NaN or infinite values (in {dtype:?})"),
+                ));
+            }
+            match part {
+                Part::A(module) => {
+                    a_parts.insert(module.to_string(), t);
+                }
+                Part::B(module) => {
+                    b_parts.insert(module.to_string(), t);
+                }
+                Part::Bias => {
+                    biases.insert(rest.to_string(), t);
+                }
+                Part::Saved => {
+                    saved.insert(rest.to_string(), t);
+                }
             }
         }
-        let linears = base_linears(base);
         let mut deltas = BTreeMap::new();
         for (module, a) in a_parts {
             let b = b_parts
@@ -227,11 +320,21 @@ impl LoraAdapter {
     }
 }
 
-fn is_saved(config: &AdapterConfig, tensor: &str) -> bool {
-    config.modules_to_save.as_ref().is_some_and(|m| {
-        m.iter()
-            .any(|s| tensor.starts_with(&format!("{s}.")) || tensor.contains(&format!(".{s}.")))
-    })
+/// What a tensor of the adapter file is.
+enum Part<'a> {
+    A(&'a str),
+    B(&'a str),
+    Bias,
+    Saved,
+}
+
+/// Whether every value of `t` is finite (`t - t` is 0 exactly where `t` is finite).
+fn all_finite(t: &Tensor) -> crate::Result<bool> {
+    if t.elem_count() == 0 {
+        return Ok(true);
+    }
+    let f = t.to_dtype(DType::F32)?.flatten_all()?;
+    Ok((&f - &f)?.sum_all()?.to_scalar::<f32>()? == 0.0)
 }
 
 fn check(name: &str, expected: &[usize], actual: &[usize]) -> crate::Result<()> {

@@ -8,6 +8,11 @@ use serde::Deserialize;
 
 use crate::Error;
 
+/// The largest LoRA rank accepted (real adapters use 4 to 256).
+pub(crate) const MAX_RANK: usize = 1 << 16;
+/// The largest `lora_alpha` magnitude accepted (real adapters use up to a few hundred).
+pub(crate) const MAX_ALPHA: f64 = 1e6;
+
 /// `target_modules`: a list of module-name suffixes, or one regular expression
 /// matched against the whole module name (peft's `check_target_module_exists`).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -95,14 +100,85 @@ impl AdapterConfig {
         if let Some(TargetModules::Regex(re)) = &cfg.target_modules {
             regex_full(re).map_err(|e| Error::config(path, "target_modules", e))?;
         }
+        if matches!(&cfg.target_modules, Some(TargetModules::List(l)) if l.is_empty()) {
+            // peft: "Target modules [] not found in the base model."
+            return Err(Error::config(
+                path,
+                "target_modules",
+                "is empty: the adapter targets no module",
+            ));
+        }
+        let ranks = std::iter::once(("r".to_string(), cfg.r)).chain(
+            cfg.rank_pattern
+                .iter()
+                .map(|(k, v)| (format!("rank_pattern.{k}"), *v)),
+        );
+        for (field, r) in ranks {
+            if r == 0 || r > MAX_RANK {
+                return Err(Error::config(
+                    path,
+                    field,
+                    format!("rank {r} is out of range (1 to {MAX_RANK})"),
+                ));
+            }
+        }
+        let alphas = std::iter::once(("lora_alpha".to_string(), cfg.lora_alpha)).chain(
+            cfg.alpha_pattern
+                .iter()
+                .map(|(k, v)| (format!("alpha_pattern.{k}"), *v)),
+        );
+        for (field, alpha) in alphas {
+            if !(alpha.is_finite() && alpha.abs() <= MAX_ALPHA) {
+                return Err(Error::config(
+                    path,
+                    field,
+                    format!("{alpha} is out of range (a finite number of magnitude at most {MAX_ALPHA})"),
+                ));
+            }
+        }
         Ok(cfg)
+    }
+
+    /// `target_modules` as written, for messages.
+    pub(crate) fn target_modules_text(&self) -> String {
+        match &self.target_modules {
+            None => "(unset: peft's Llama default q_proj, v_proj)".to_string(),
+            Some(TargetModules::List(l)) => format!("{l:?}"),
+            Some(TargetModules::Regex(r)) => format!("{r:?}"),
+        }
+    }
+
+    /// The layer indices of `layers_to_transform`, if set.
+    pub(crate) fn layers(&self) -> Option<Vec<usize>> {
+        self.layers_to_transform.as_ref().map(|l| match l {
+            Layers::One(l) => vec![*l],
+            Layers::Many(v) => v.clone(),
+        })
+    }
+
+    /// Whether `modules_to_save` (with the heads peft adds for a SEQ_CLS task)
+    /// covers the tensor `name` (e.g. `score.weight`).
+    pub(crate) fn saves(&self, name: &str) -> bool {
+        let implicit: &[&str] = if self.task_type.as_deref() == Some("SEQ_CLS") {
+            // peft's PeftModelForSequenceClassification adds these to modules_to_save.
+            &["classifier", "score"]
+        } else {
+            &[]
+        };
+        self.modules_to_save
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .chain(implicit.iter().copied())
+            .any(|s| name.starts_with(&format!("{s}.")) || name.contains(&format!(".{s}.")))
     }
 
     /// Whether peft would wrap the module called `name` (e.g.
     /// `model.layers.0.self_attn.q_proj`).
     pub(crate) fn targets(&self, name: &str) -> bool {
         let matched = match &self.target_modules {
-            None => false,
+            // peft fills in its default for Llama (`q_proj`, `v_proj`) and saves it.
+            None => name.ends_with(".q_proj") || name.ends_with(".v_proj"),
             Some(TargetModules::Regex(re)) => regex_full(re).is_ok_and(|r| r.is_match(name)),
             Some(TargetModules::List(list)) => list.iter().any(|t| {
                 t == "all-linear" && !name.ends_with("lm_head") && !name.ends_with("score")
