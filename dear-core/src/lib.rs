@@ -32,6 +32,9 @@ pub mod corpus;
 mod device;
 mod error;
 pub mod eval;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod generate;
 #[doc(hidden)]
 pub mod kernels;
