@@ -1,0 +1,939 @@
+//! A bounded soak driver for the reranked-search pipeline: one `PassageIndex` (a BEIR
+//! corpus in RAM) and ONE shared `Reranker` (BM25, then the pointwise stage through its
+//! batching scheduler, its score cache on or off), hammered from many threads.
+//!
+//! - `--mode equal`: every (query, options) case is searched once serially (the
+//!   reference), the cache is emptied, then `--threads` threads run `--searches`
+//!   searches each over the same pipeline, cases drawn round-robin; every result is
+//!   compared with the reference: the hit ids in order, the stage that placed each
+//!   hit, and every score (first-stage, pointwise, fused, relevance) bit for bit
+//!   (`--tolerance` to allow a difference). Prints the mismatch counts; exits 1 on any.
+//! - `--mode rss`: a mixed workload for `--minutes` (pointwise searches of several
+//!   candidate counts, pointwise + listwise searches, `Reranker::rank` calls, the cache
+//!   on and off, tiny deadlines, and bad inputs that must be refused), sampling VmRSS
+//!   every `--sample-secs` as CSV. It starts with a warm-up pass (every thread runs
+//!   each kind of operation at its largest size, all at once), then runs the mix; it
+//!   prints the RSS after warm-up (the later of the pass's end and 10 % of the run),
+//!   the final RSS and the growth; exits 1 if the growth is 5 % or more, or if any
+//!   call misbehaved.
+//!
+//! ```text
+//! bash scripts/fetch-model.sh
+//! cargo run --profile fast --example soak -- --mode equal --threads 16 --searches 50
+//! cargo run --profile fast --example soak -- --mode rss --minutes 5
+//! ```
+//! `scripts/soak.sh` runs the full soak (16 × 1,000 searches, cache on and off, and
+//! a 30-minute RSS run) and writes its logs to `target/soak/`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use clap::{Parser, ValueEnum};
+use dear::dear_core::{default_student_path, Fusion};
+use dear::{
+    corpus, DearSetup, LanguageModel, ListwiseMode, PassageIndex, PointwiseConfig, RerankOptions,
+    Reranker, SearchOptions, SearchReranked, SearchResults, Stage, StageStatus, Stages,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Threaded results equal the serial ones.
+    Equal,
+    /// RSS stays flat under a mixed workload.
+    Rss,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    On,
+    Off,
+}
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// equal (threads vs serial) or rss (memory over time).
+    #[arg(long, value_enum, default_value = "equal")]
+    mode: Mode,
+    /// The model: `default` (the default model with its pointwise student, fused with
+    /// BM25), or a model path (a .gguf file or a Hugging Face folder; the pointwise
+    /// stage reads its `score` head if it has one, else the yes/no prompt).
+    #[arg(long, default_value = "default")]
+    model: String,
+    /// A BEIR folder (corpus.jsonl, and queries.jsonl or queries.txt)
+    /// [default: ../shared/data/scifact when present, else data/rust-book].
+    #[arg(long)]
+    dataset: Option<PathBuf>,
+    /// Threads sharing the pipeline.
+    #[arg(long, default_value_t = 16)]
+    threads: usize,
+    /// Searches per thread (equal mode).
+    #[arg(long, default_value_t = 1000)]
+    searches: usize,
+    /// The score cache of the shared reranker (equal mode; rss mode uses both).
+    #[arg(long, value_enum, default_value = "on")]
+    cache: Switch,
+    /// Distinct queries used (the first of the query file).
+    #[arg(long, default_value_t = 64)]
+    queries: usize,
+    /// BM25 candidates reranked pointwise (equal mode; the second case of each query
+    /// uses half of them and a page further down).
+    #[arg(long, default_value_t = 20)]
+    candidates: usize,
+    /// Cut passages to this many tokens before the stages read them (needed for tiny
+    /// test models with a short context).
+    #[arg(long)]
+    max_passage_tokens: Option<usize>,
+    /// Largest score difference counted as equal (0: bit for bit).
+    #[arg(long, default_value_t = 0.0)]
+    tolerance: f32,
+    /// Length of the rss run.
+    #[arg(long, default_value_t = 1.0)]
+    minutes: f64,
+    /// Seconds between RSS samples.
+    #[arg(long, default_value_t = 10.0)]
+    sample_secs: f64,
+    /// The sample the growth is measured from, in minutes [default: 10 % of the run,
+    /// at least 2 minutes when the run is 20 minutes or longer], and not before the
+    /// warm-up pass (every thread running each kind of operation once, at once) ends.
+    #[arg(long)]
+    warmup_minutes: Option<f64>,
+    /// Largest RSS growth after warm-up that passes, in percent.
+    #[arg(long, default_value_t = 5.0)]
+    max_growth: f64,
+    /// Also write the RSS samples to this CSV file.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+}
+
+fn default_dataset() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let scifact = root.join("../shared/data/scifact");
+    if scifact.join("corpus.jsonl").is_file() {
+        scifact
+    } else {
+        root.join("data/rust-book")
+    }
+}
+
+/// The queries of a BEIR folder: queries.jsonl, else queries.txt (one a line).
+fn read_queries(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let jsonl = dir.join("queries.jsonl");
+    if jsonl.is_file() {
+        return Ok(corpus::read_beir_queries(&jsonl)?
+            .into_iter()
+            .map(|(_, text)| text)
+            .collect());
+    }
+    let txt = dir.join("queries.txt");
+    let text =
+        std::fs::read_to_string(&txt).with_context(|| format!("reading {}", txt.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect())
+}
+
+/// The corpus in a RAM index, and its passage texts (for `Reranker::rank` calls).
+fn build_index(dir: &Path) -> anyhow::Result<(PassageIndex, Vec<String>)> {
+    let index = PassageIndex::create_in_ram()?;
+    let mut writer = index.writer()?;
+    let mut texts = Vec::new();
+    let mut failed = None;
+    corpus::read_beir_corpus(&dir.join("corpus.jsonl"), |p| {
+        if failed.is_none() {
+            texts.push(p.text.clone());
+            if let Err(e) = writer.upsert(&p) {
+                failed = Some(e);
+            }
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    writer.commit()?;
+    Ok((index, texts))
+}
+
+/// The pipeline's setup and its model, loaded once: the default setup, or a model
+/// path with its own head.
+fn load(args: &Args, stages: Stages) -> anyhow::Result<(DearSetup, Arc<LanguageModel>)> {
+    let started = Instant::now();
+    let setup = if args.model == "default" {
+        let model = dear::default_model_path();
+        ensure!(
+            model.is_file(),
+            "the default model is missing at {}: run `bash scripts/fetch-model.sh`",
+            model.display()
+        );
+        DearSetup::default_model().with_stages(stages)
+    } else {
+        DearSetup::new(&args.model).with_stages(stages)
+    };
+    let lm = setup.load_model()?;
+    let setup = if args.model == "default" {
+        setup
+    } else {
+        let config = PointwiseConfig::for_model(&lm, None)?;
+        setup.with_pointwise_config(config)
+    };
+    eprintln!(
+        "model: {} (pointwise adapter: {}, fusion: {}) loaded in {:.1} s",
+        setup.model().display(),
+        setup.pointwise_adapter().unwrap_or("none"),
+        setup.fusion(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok((setup, lm))
+}
+
+fn vm_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// splitmix64: a deterministic stream per thread.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+// ------------------------------------------------------------------------- equal
+
+/// What a search returned, in full: compared between the serial and threaded runs.
+#[derive(Clone, Debug, PartialEq)]
+struct Outcome {
+    total: usize,
+    /// Per hit: id, placing stage, first-stage, pointwise, fused scores, relevance.
+    hits: Vec<(String, Stage, f32, Option<f32>, Option<f32>, f32)>,
+    /// Per stage: name and status kind (a failure under load is a mismatch).
+    stages: Vec<(Stage, &'static str)>,
+}
+
+impl Outcome {
+    fn of(results: &SearchResults) -> Self {
+        Outcome {
+            total: results.total,
+            hits: results
+                .hits
+                .iter()
+                .map(|h| {
+                    (
+                        h.id().to_string(),
+                        h.placed_by,
+                        h.first_score,
+                        h.pointwise_score,
+                        h.fused_score,
+                        h.relevance,
+                    )
+                })
+                .collect(),
+            stages: results
+                .report
+                .stages
+                .iter()
+                .map(|s| {
+                    let kind = match s.status {
+                        StageStatus::Completed => "completed",
+                        StageStatus::Skipped(_) => "skipped",
+                        StageStatus::Failed(_) => "failed",
+                    };
+                    (s.stage, kind)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// How `got` differs from `want`: None when equal (scores within `tol`), else
+/// whether the order differs and the largest score difference.
+fn compare(want: &Outcome, got: &Outcome, tol: f32) -> (Option<bool>, f32) {
+    let ids = |o: &Outcome| {
+        o.hits
+            .iter()
+            .map(|h| (h.0.clone(), h.1, h.3.is_some(), h.4.is_some()))
+            .collect::<Vec<_>>()
+    };
+    if want.total != got.total || want.stages != got.stages || ids(want) != ids(got) {
+        return (Some(true), f32::NAN);
+    }
+    let mut max = 0.0f32;
+    let mut differs = false;
+    let mut diff = |a: f32, b: f32| {
+        if a.to_bits() != b.to_bits() {
+            let d = (a - b).abs();
+            max = max.max(if d.is_nan() { f32::INFINITY } else { d });
+            differs |= !(d <= tol);
+        }
+    };
+    for (w, g) in want.hits.iter().zip(&got.hits) {
+        diff(w.2, g.2);
+        for (a, b) in [(w.3, g.3), (w.4, g.4)] {
+            if let (Some(a), Some(b)) = (a, b) {
+                diff(a, b);
+            }
+        }
+        diff(w.5, g.5);
+    }
+    (differs.then_some(false), max)
+}
+
+fn equal_mode(args: &Args, dataset: &Path) -> anyhow::Result<bool> {
+    ensure!(
+        (1..=1024).contains(&args.threads),
+        "--threads must be 1..=1024"
+    );
+    ensure!(args.searches >= 1, "--searches must be at least 1");
+    ensure!(args.candidates >= 2, "--candidates must be at least 2");
+    let (index, _) = build_index(dataset)?;
+    let queries: Vec<String> = read_queries(dataset)?
+        .into_iter()
+        .take(args.queries.max(1))
+        .collect();
+    ensure!(!queries.is_empty(), "{} has no queries", dataset.display());
+    let (setup, lm) = load(
+        args,
+        Stages {
+            pointwise: true,
+            listwise: false,
+        },
+    )?;
+    let reranker = setup.build_on(lm)?;
+    let reranker = match args.cache {
+        Switch::On => reranker,
+        Switch::Off => reranker.with_cache_capacity(0, 0),
+    };
+    // Two cases per query: the first page of `candidates`, and the second page of
+    // half as many (a different candidate list, cached scores reused when on).
+    let base = {
+        let o = RerankOptions::default()
+            .with_candidates(args.candidates)
+            .with_stages(Stages {
+                pointwise: true,
+                listwise: false,
+            });
+        match args.max_passage_tokens {
+            Some(n) => o.with_max_passage_tokens(n),
+            None => o,
+        }
+    };
+    let half = (args.candidates / 2).max(1);
+    let variants = [
+        SearchOptions::new(10).with_rerank(base.clone()),
+        SearchOptions::new(5)
+            .and_offset(5)
+            .with_rerank(base.with_candidates(half)),
+    ];
+    let cases: Vec<(usize, usize)> = (0..queries.len())
+        .flat_map(|q| (0..variants.len()).map(move |v| (q, v)))
+        .collect();
+    let search = |(q, v): (usize, usize)| -> anyhow::Result<Outcome> {
+        let query = index.query(&queries[q])?;
+        let results = index
+            .searcher()
+            .search_reranked(&query, &reranker, &variants[v])?;
+        Ok(Outcome::of(&results))
+    };
+    println!(
+        "equal: {} threads x {} searches, cache {:?}, {} queries x {} cases, {} candidates \
+         (then {half}), max passage tokens {:?}, tolerance {}, {} passages",
+        args.threads,
+        args.searches,
+        args.cache,
+        queries.len(),
+        variants.len(),
+        args.candidates,
+        args.max_passage_tokens,
+        args.tolerance,
+        index.num_docs()
+    );
+
+    let started = Instant::now();
+    let reference: Vec<Outcome> = cases
+        .iter()
+        .map(|&c| search(c))
+        .collect::<anyhow::Result<_>>()?;
+    let serial_s = started.elapsed().as_secs_f64();
+    let failed_ref = reference
+        .iter()
+        .filter(|o| o.stages.iter().any(|s| s.1 == "failed"))
+        .count();
+    ensure!(
+        failed_ref == 0,
+        "{failed_ref} reference searches had a failed stage"
+    );
+    ensure!(
+        reference
+            .iter()
+            .any(|o| o.hits.iter().any(|h| h.1 == Stage::Pointwise)),
+        "no reference hit was placed by the pointwise stage: nothing is being checked"
+    );
+    println!(
+        "serial reference: {} searches in {serial_s:.1} s ({:.1} ms each)",
+        cases.len(),
+        1000.0 * serial_s / cases.len() as f64
+    );
+    // The threads start from an empty cache: the first search of each case runs the
+    // model (in batches shared with other threads), the later ones hit the cache.
+    reranker.clear_cache();
+
+    let order_mismatches = AtomicUsize::new(0);
+    let score_mismatches = AtomicUsize::new(0);
+    let errors = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let max_diff = Mutex::new(0.0f32);
+    let first_bad = Mutex::new(None::<String>);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..args.threads {
+            let (search, cases, reference) = (&search, &cases, &reference);
+            let (order_mismatches, score_mismatches, errors, done, max_diff, first_bad) = (
+                &order_mismatches,
+                &score_mismatches,
+                &errors,
+                &done,
+                &max_diff,
+                &first_bad,
+            );
+            s.spawn(move || {
+                for k in 0..args.searches {
+                    // Round-robin: at step k the threads take consecutive cases.
+                    let i = (k * args.threads + t) % cases.len();
+                    match search(cases[i]) {
+                        Ok(got) => {
+                            let (bad, d) = compare(&reference[i], &got, args.tolerance);
+                            if d > 0.0 || d.is_nan() {
+                                let mut m = max_diff.lock().unwrap_or_else(|e| e.into_inner());
+                                *m = if d.is_nan() { f32::NAN } else { m.max(d) };
+                            }
+                            if let Some(order) = bad {
+                                if order {
+                                    order_mismatches.fetch_add(1, Ordering::Relaxed);
+                                } else {
+                                    score_mismatches.fetch_add(1, Ordering::Relaxed);
+                                }
+                                let mut f = first_bad.lock().unwrap_or_else(|e| e.into_inner());
+                                f.get_or_insert_with(|| {
+                                    format!(
+                                        "thread {t} search {k} (case {i}): want {:?}\n got {:?}",
+                                        reference[i], got
+                                    )
+                                });
+                            }
+                        }
+                        Err(e) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            let mut f = first_bad.lock().unwrap_or_else(|e| e.into_inner());
+                            f.get_or_insert_with(|| format!("thread {t} search {k}: {e}"));
+                        }
+                    }
+                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n % 1000 == 0 {
+                        eprintln!("  {n} searches, {:.0} s", started.elapsed().as_secs_f64());
+                    }
+                }
+            });
+        }
+    });
+    let threaded_s = started.elapsed().as_secs_f64();
+    let (order, score, errors) = (
+        order_mismatches.into_inner(),
+        score_mismatches.into_inner(),
+        errors.into_inner(),
+    );
+    let searches = done.into_inner();
+    let max_diff = max_diff.into_inner().unwrap_or_else(|e| e.into_inner());
+    if let Some(bad) = first_bad.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        eprintln!("first mismatch: {bad}");
+    }
+    println!(
+        "threaded: {searches} searches in {threaded_s:.1} s ({:.1} searches/s); \
+         mismatches: {order} in order, {score} in scores, {errors} errors; \
+         largest score difference {max_diff:e} (tolerance {})",
+        searches as f64 / threaded_s,
+        args.tolerance
+    );
+    let ok = order == 0 && score == 0 && errors == 0 && searches == args.threads * args.searches;
+    println!("equal: {}", if ok { "PASS" } else { "FAIL" });
+    Ok(ok)
+}
+
+// --------------------------------------------------------------------------- rss
+
+#[derive(Default)]
+struct Tally {
+    searches: AtomicU64,
+    ranks: AtomicU64,
+    listwise: AtomicU64,
+    cached: AtomicU64,
+    uncached: AtomicU64,
+    deadlines: AtomicU64,
+    refused: AtomicU64,
+    unexpected: AtomicU64,
+}
+
+impl Tally {
+    fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn line(&self) -> String {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "{},{},{},{},{},{},{},{}",
+            g(&self.searches),
+            g(&self.ranks),
+            g(&self.listwise),
+            g(&self.cached),
+            g(&self.uncached),
+            g(&self.deadlines),
+            g(&self.refused),
+            g(&self.unexpected)
+        )
+    }
+}
+
+/// One roll of each kind of operation in [`Workload::step`]'s mix: the warm-up pass
+/// runs each on every thread at once.
+const KINDS: [usize; 6] = [0, 45, 60, 64, 78, 86];
+
+/// Passage tokens in the listwise searches of the mix (and their pointwise stage).
+const LISTWISE_PASSAGE_TOKENS: usize = 160;
+
+const TALLY_HEADER: &str =
+    "searches,ranks,listwise,cache_on,cache_off,deadlines,refused,unexpected";
+
+struct Workload<'a> {
+    index: &'a PassageIndex,
+    texts: &'a [String],
+    queries: &'a [String],
+    cached: &'a Reranker,
+    uncached: &'a Reranker,
+    tally: &'a Tally,
+    unexpected: &'a Mutex<Vec<String>>,
+    max_passage_tokens: Option<usize>,
+}
+
+impl Workload<'_> {
+    fn note(&self, what: String) {
+        Tally::bump(&self.tally.unexpected);
+        let mut u = self.unexpected.lock().unwrap_or_else(|e| e.into_inner());
+        if u.len() < 20 {
+            eprintln!("unexpected: {what}");
+            u.push(what);
+        }
+    }
+
+    fn rerank(&self, stages: Stages, candidates: usize) -> RerankOptions {
+        let o = RerankOptions::default()
+            .with_candidates(candidates)
+            .with_stages(stages);
+        match self.max_passage_tokens {
+            Some(n) => o.with_max_passage_tokens(n),
+            None => o,
+        }
+    }
+
+    /// The passage cut of the listwise searches: [`LISTWISE_PASSAGE_TOKENS`], or the
+    /// run's own cut if smaller.
+    fn listwise_passage_tokens(&self) -> usize {
+        self.max_passage_tokens
+            .map_or(LISTWISE_PASSAGE_TOKENS, |n| n.min(LISTWISE_PASSAGE_TOKENS))
+    }
+
+    /// A search that must succeed (an error is noted, and `None` returned).
+    fn search(
+        &self,
+        q: &str,
+        reranker: &Reranker,
+        options: &SearchOptions,
+    ) -> Option<SearchResults> {
+        match self.index.query(q).and_then(|query| {
+            self.index
+                .searcher()
+                .search_reranked(&query, reranker, options)
+        }) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.note(format!("search {q:?} failed: {e}"));
+                None
+            }
+        }
+    }
+
+    fn failed(results: &Option<SearchResults>, stage: Stage) -> bool {
+        results.as_ref().is_some_and(|r| {
+            r.report
+                .stages
+                .iter()
+                .any(|s| s.stage == stage && matches!(s.status, StageStatus::Failed(_)))
+        })
+    }
+
+    /// One operation of the mix, drawn from `rng`; or, in the warm-up pass, the kind
+    /// `forced` names (a roll of the mix and the cache switch) at its largest size.
+    fn step(&self, rng: &mut Rng, forced: Option<(usize, bool)>) {
+        let q = &self.queries[rng.below(self.queries.len())];
+        let on = forced.map_or(rng.below(2) == 0, |f| f.1);
+        let reranker = if on { self.cached } else { self.uncached };
+        Tally::bump(if on {
+            &self.tally.cached
+        } else {
+            &self.tally.uncached
+        });
+        let pointwise = Stages {
+            pointwise: true,
+            listwise: false,
+        };
+        match forced.map_or_else(|| rng.below(100), |f| f.0) {
+            // Pointwise searches of several sizes and pages.
+            0..=44 => {
+                let candidates = match forced {
+                    Some(_) => 100,
+                    None => [10, 20, 30, 50, 100][rng.below(5)],
+                };
+                let offset = [0, 0, 10][rng.below(3)];
+                let options = SearchOptions::new(10)
+                    .and_offset(offset)
+                    .with_rerank(self.rerank(pointwise, candidates));
+                let r = self.search(q, reranker, &options);
+                Tally::bump(&self.tally.searches);
+                if Self::failed(&r, Stage::Pointwise) {
+                    self.note(format!(
+                        "pointwise failed for {q:?}: {:?}",
+                        r.map(|r| r.report)
+                    ));
+                }
+            }
+            // Pointwise, then listwise over the top (first-token mode: one forward).
+            45..=59 => {
+                // Listwise prompts hold every passage: cut them to 160 tokens.
+                let options = SearchOptions::new(10).with_rerank(
+                    self.rerank(Stages::ALL, 20)
+                        .with_max_passage_tokens(self.listwise_passage_tokens())
+                        .with_listwise_depth(10)
+                        .with_window(10, 5)
+                        .with_listwise_mode(ListwiseMode::FirstToken),
+                );
+                let r = self.search(q, reranker, &options);
+                Tally::bump(&self.tally.searches);
+                Tally::bump(&self.tally.listwise);
+                if Self::failed(&r, Stage::Pointwise) {
+                    self.note(format!(
+                        "pointwise failed for {q:?}: {:?}",
+                        r.map(|r| r.report)
+                    ));
+                }
+            }
+            // Listwise by generation over a small window (may fail to parse: that is
+            // reported, not an error).
+            60..=63 => {
+                let options = SearchOptions::new(10).with_rerank(
+                    self.rerank(Stages::ALL, 10)
+                        .with_max_passage_tokens(self.listwise_passage_tokens())
+                        .with_listwise_depth(5)
+                        .with_window(5, 5)
+                        .with_listwise_mode(ListwiseMode::Generate),
+                );
+                self.search(q, reranker, &options);
+                Tally::bump(&self.tally.searches);
+                Tally::bump(&self.tally.listwise);
+            }
+            // The text API: documents drawn from the corpus.
+            64..=77 => {
+                let n = 5 + rng.below(20);
+                let start = rng.below(self.texts.len().saturating_sub(n).max(1));
+                let docs = &self.texts[start..(start + n).min(self.texts.len())];
+                let options = self.rerank(pointwise, n).with_top_n(5);
+                match reranker.rank(q, docs, &options) {
+                    Ok(r) if r.results.len() == 5.min(docs.len()) => {}
+                    Ok(r) => self.note(format!("rank gave {} results", r.results.len())),
+                    Err(e) => self.note(format!("rank failed: {e}")),
+                }
+                Tally::bump(&self.tally.ranks);
+            }
+            // A deadline that has passed: the first-stage order stands.
+            78..=85 => {
+                let options = SearchOptions::new(10).with_rerank(
+                    self.rerank(pointwise, 50)
+                        .with_timeout(Duration::from_micros(1 + rng.below(2000) as u64)),
+                );
+                let r = self.search(q, reranker, &options);
+                Tally::bump(&self.tally.searches);
+                if Self::failed(&r, Stage::Pointwise) {
+                    Tally::bump(&self.tally.deadlines);
+                }
+            }
+            // Bad inputs: absurd options must be refused; blank queries must not
+            // reach the model's order.
+            _ => {
+                let bad = match rng.below(8) {
+                    0 => SearchOptions::new(0),
+                    1 => SearchOptions::new(10).with_rerank(self.rerank(pointwise, 0)),
+                    2 => SearchOptions::new(10).with_rerank(self.rerank(pointwise, 1 << 40)),
+                    3 => SearchOptions::new(10).and_offset(usize::MAX),
+                    4 => SearchOptions::new(10)
+                        .with_rerank(self.rerank(Stages::ALL, 20).with_window(5, 10)),
+                    5 => SearchOptions::new(10)
+                        .with_rerank(self.rerank(pointwise, 20).with_min_score(2.0)),
+                    6 => SearchOptions::new(10).with_rerank(
+                        self.rerank(pointwise, 20)
+                            .with_fusion(Fusion::Interpolate { weight: 7.0 }),
+                    ),
+                    _ => SearchOptions::new(10).with_snippets(0),
+                };
+                match self
+                    .index
+                    .query(q)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|query| {
+                        Ok(self
+                            .index
+                            .searcher()
+                            .search_reranked(&query, reranker, &bad)?)
+                    }) {
+                    Err(_) => Tally::bump(&self.tally.refused),
+                    Ok(_) => self.note(format!("absurd options accepted: {bad:?}")),
+                }
+                // Blank and empty queries: no hits from BM25, or a failed model stage.
+                let blank = ["", "   ", "\u{0}\u{7}"][rng.below(3)];
+                let r = self.search(
+                    blank,
+                    reranker,
+                    &SearchOptions::new(10).with_rerank(self.rerank(pointwise, 10)),
+                );
+                if r.is_some_and(|r| r.hits.iter().any(|h| h.placed_by == Stage::Pointwise)) {
+                    self.note(format!("a blank query {blank:?} was scored"));
+                }
+                match reranker.rank("  ", &self.texts[..3], &self.rerank(pointwise, 3)) {
+                    Ok(r) if r.results.iter().all(|h| h.placed_by == Stage::First) => {
+                        Tally::bump(&self.tally.refused);
+                    }
+                    Ok(_) => self.note("a blank query was scored by rank".into()),
+                    Err(_) => Tally::bump(&self.tally.refused),
+                }
+                // A very long query is cut to the query budget, not refused.
+                let long = q.repeat(200);
+                let r = self.search(
+                    &long,
+                    reranker,
+                    &SearchOptions::new(5).with_rerank(self.rerank(pointwise, 10)),
+                );
+                if Self::failed(&r, Stage::Pointwise) {
+                    self.note(format!("a long query failed: {:?}", r.map(|r| r.report)));
+                }
+                Tally::bump(&self.tally.searches);
+            }
+        }
+    }
+}
+
+fn rss_mode(args: &Args, dataset: &Path) -> anyhow::Result<bool> {
+    ensure!(
+        (1..=1024).contains(&args.threads),
+        "--threads must be 1..=1024"
+    );
+    ensure!(
+        args.minutes > 0.0 && args.minutes <= 24.0 * 60.0,
+        "--minutes must be in (0, 1440]"
+    );
+    ensure!(
+        args.sample_secs >= 0.1,
+        "--sample-secs must be at least 0.1"
+    );
+    let run = Duration::from_secs_f64(args.minutes * 60.0);
+    let warmup = Duration::from_secs_f64(
+        60.0 * args.warmup_minutes.unwrap_or(if args.minutes >= 20.0 {
+            (args.minutes * 0.1).max(2.0)
+        } else {
+            args.minutes * 0.1
+        }),
+    );
+    ensure!(warmup < run, "the warm-up must end before the run does");
+    let rss_start = vm_rss_kib();
+    let (index, texts) = build_index(dataset)?;
+    let queries: Vec<String> = read_queries(dataset)?
+        .into_iter()
+        .take(args.queries.max(1))
+        .collect();
+    ensure!(!queries.is_empty(), "{} has no queries", dataset.display());
+    // Both stages on one model: the listwise stage is zero-shot (the model's chat
+    // template); searches choose their stages. Two rerankers share the model: one
+    // with the default caches, one with none.
+    let (setup, lm) = load(args, Stages::ALL)?;
+    let cached = setup.build_on(lm.clone())?;
+    let uncached = setup.build_on(lm)?.with_cache_capacity(0, 0);
+    ensure!(
+        cached.listwise().is_some(),
+        "the model has no listwise stage (no chat template)"
+    );
+    let rss_loaded = vm_rss_kib();
+    println!(
+        "rss: {} threads, {:.1} minutes, warm-up {:.1} minutes, {} queries, {} passages, \
+         RSS {} KiB at start, {} KiB with the index and models loaded",
+        args.threads,
+        args.minutes,
+        warmup.as_secs_f64() / 60.0,
+        queries.len(),
+        index.num_docs(),
+        rss_start,
+        rss_loaded
+    );
+
+    let mut csv = match &args.csv {
+        Some(p) => {
+            if let Some(dir) = p.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            Some(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)
+        }
+        None => None,
+    };
+    let header = format!("elapsed_s,rss_kib,{TALLY_HEADER}");
+    println!("{header}");
+    if let Some(f) = &mut csv {
+        writeln!(f, "{header}")?;
+    }
+
+    let tally = Tally::default();
+    let unexpected = Mutex::new(Vec::new());
+    let stop = AtomicBool::new(false);
+    let work = Workload {
+        index: &index,
+        texts: &texts,
+        queries: &queries,
+        cached: &cached,
+        uncached: &uncached,
+        tally: &tally,
+        unexpected: &unexpected,
+        max_passage_tokens: args.max_passage_tokens,
+    };
+    let started = Instant::now();
+    let mut samples: Vec<(f64, u64)> = Vec::new();
+    // The warm-up pass: every thread runs each kind of operation at its largest size
+    // at the same time (half of them on the cached reranker), so the memory the mix
+    // can need at once is reached before the growth is measured from.
+    let barrier = std::sync::Barrier::new(args.threads);
+    let warm_done_ms = AtomicU64::new(u64::MAX);
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let workers: Vec<_> = (0..args.threads)
+            .map(|t| {
+                let (work, stop, barrier, warm_done_ms) = (&work, &stop, &barrier, &warm_done_ms);
+                s.spawn(move || {
+                    let mut rng = Rng(0x50a4 + t as u64);
+                    for kind in KINDS {
+                        work.step(&mut rng, Some((kind, t % 2 == 0)));
+                        barrier.wait();
+                    }
+                    if t == 0 {
+                        let ms = started.elapsed().as_millis();
+                        warm_done_ms.store(ms.try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
+                    }
+                    while !stop.load(Ordering::Relaxed) {
+                        work.step(&mut rng, None);
+                    }
+                })
+            })
+            .collect();
+        let every = Duration::from_secs_f64(args.sample_secs);
+        let mut next = every;
+        loop {
+            let now = started.elapsed();
+            if now >= run {
+                break;
+            }
+            std::thread::sleep(next.min(run).saturating_sub(now));
+            let at = started.elapsed();
+            if at < next.min(run) {
+                continue;
+            }
+            let rss = vm_rss_kib();
+            samples.push((at.as_secs_f64(), rss));
+            let line = format!("{:.1},{rss},{}", at.as_secs_f64(), tally.line());
+            println!("{line}");
+            if let Some(f) = &mut csv {
+                writeln!(f, "{line}")?;
+                f.flush()?;
+            }
+            if workers.iter().any(|w| w.is_finished()) {
+                stop.store(true, Ordering::Relaxed);
+                bail!("a worker thread ended early (panicked?)");
+            }
+            next += every;
+        }
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            if w.join().is_err() {
+                bail!("a worker thread panicked");
+            }
+        }
+        Ok(())
+    })?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let pass = warm_done_ms.into_inner() as f64 / 1000.0;
+    let pass_rss = samples.iter().find(|s| s.0 >= pass).map_or(0, |s| s.1);
+    println!(
+        "rss: the warm-up pass ({} kinds x {} threads) ended at {pass:.0} s (RSS {pass_rss} KiB \
+         at the next sample)",
+        KINDS.len(),
+        args.threads
+    );
+    let from = warmup.as_secs_f64().max(pass);
+    let Some(&(warm_at, warm)) = samples.iter().find(|s| s.0 >= from) else {
+        bail!("no sample after the warm-up ({from:.0} s)");
+    };
+    let &(final_at, last) = samples.last().unwrap_or(&(warm_at, warm));
+    let peak = samples.iter().map(|s| s.1).max().unwrap_or(last);
+    let growth = 100.0 * (last as f64 - warm as f64) / warm as f64;
+    let bad = tally.unexpected.load(Ordering::Relaxed);
+    println!(
+        "rss: {elapsed:.0} s, {} operations ({TALLY_HEADER}: {}); RSS after warm-up \
+         ({warm_at:.0} s) {warm} KiB, final ({final_at:.0} s) {last} KiB, peak {peak} KiB, \
+         growth {growth:+.2} % (limit {} %)",
+        tally.searches.load(Ordering::Relaxed) + tally.ranks.load(Ordering::Relaxed),
+        tally.line(),
+        args.max_growth
+    );
+    let ok = growth < args.max_growth && bad == 0;
+    println!("rss: {}", if ok { "PASS" } else { "FAIL" });
+    Ok(ok)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dataset = args.dataset.clone().unwrap_or_else(default_dataset);
+    if args.model == "default" && !default_student_path().is_dir() {
+        eprintln!("note: the default student is not installed; the yes/no prompt is used");
+    }
+    let ok = match args.mode {
+        Mode::Equal => equal_mode(&args, &dataset)?,
+        Mode::Rss => rss_mode(&args, &dataset)?,
+    };
+    if !ok {
+        std::process::exit(1);
+    }
+    Ok(())
+}
