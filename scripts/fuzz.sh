@@ -53,6 +53,7 @@ export AFL_NO_UI=1
 export AFL_NO_AFFINITY=1        # do not pin to a core: the machine is shared
 export AFL_FAST_CAL=1
 export AFL_IGNORE_SEED_PROBLEMS=1
+unset RUST_BACKTRACE           # a panic dear catches prints one line, not a backtrace
 
 for t in "${targets[@]}"; do
     out="$fuzz/out/$t"

@@ -56,7 +56,25 @@ pub(crate) fn read_content(path: &Path) -> crate::Result<Content> {
         }
     }
     for (name, info) in &content.tensor_infos {
-        let elems = info.shape.elem_count();
+        // The dimensions come from the file: their product (and the byte count) must
+        // not overflow, and an empty tensor is refused (no model has one, and candle
+        // would view its dangling buffer as blocks).
+        let dims = info.shape.dims();
+        let elems = dims
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| {
+                Error::corrupt(
+                    path,
+                    format!("tensor '{name}' has too many elements {dims:?}"),
+                )
+            })?;
+        if elems == 0 {
+            return Err(Error::corrupt(
+                path,
+                format!("tensor '{name}' is empty (shape {dims:?})"),
+            ));
+        }
         let block = info.ggml_dtype.block_size();
         if elems % block != 0 {
             return Err(Error::corrupt(
@@ -64,7 +82,9 @@ pub(crate) fn read_content(path: &Path) -> crate::Result<Content> {
                 format!("tensor '{name}' has {elems} elements, not a multiple of its block size {block}"),
             ));
         }
-        let bytes = (elems / block * info.ggml_dtype.type_size()) as u64;
+        let bytes = (elems / block)
+            .checked_mul(info.ggml_dtype.type_size())
+            .map_or(u64::MAX, |b| b as u64);
         let end = content
             .tensor_data_offset
             .saturating_add(info.offset)
@@ -355,8 +375,12 @@ impl GgufSource {
             Some(v) => v,
             None => match meta.array("tokenizer.ggml.tokens")? {
                 Some(tokens) => tokens.len(),
-                None => match c.tensor_infos.get("token_embd.weight") {
-                    Some(info) => info.shape.dims()[0],
+                None => match c
+                    .tensor_infos
+                    .get("token_embd.weight")
+                    .and_then(|info| info.shape.dims().first())
+                {
+                    Some(&rows) => rows,
                     None => return Err(Error::config(p, "llama.vocab_size", "missing")),
                 },
             },
@@ -503,8 +527,12 @@ impl GgufSource {
 /// of each row move as they are.
 fn unpermute_rows(t: &QTensor, heads: usize, device: &Device) -> crate::Result<QTensor> {
     let dims = t.shape().dims().to_vec();
-    let rows = dims[0];
-    let row_elems: usize = dims[1..].iter().product();
+    let Some((&rows, rest)) = dims.split_first() else {
+        return Err(Error::InvalidArgument(
+            "a scalar cannot be split into heads".into(),
+        ));
+    };
+    let row_elems: usize = rest.iter().product();
     if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
         return Err(Error::InvalidArgument(format!(
             "{rows} rows cannot be split into {heads} heads of even size"
