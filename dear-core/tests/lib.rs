@@ -11,5 +11,6 @@ mod listwise_prompt;
 mod llama;
 mod lora;
 mod pipeline;
+mod props;
 mod smollm2;
 mod tokenizer;
