@@ -16,8 +16,11 @@ use crate::loader::safetensors::{mmap, SafetensorsSource};
 use crate::loader::{ModelFiles, Quantization, WeightSource};
 use crate::{ChatMessage, ChatTemplate, IdBase, LoadOptions, ModelConfig, Tokenizer};
 
+/// A fuzz target: feeds one input to a parser, ignoring its result.
+pub type Target = fn(&[u8]);
+
 /// Every target, by name: what `fuzz/` builds one binary for.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("gguf", gguf),
     ("safetensors", safetensors),
     ("config_json", config_json),
