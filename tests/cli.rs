@@ -260,6 +260,32 @@ fn score_json_matches_the_library() -> TestResult {
     assert_close(&cli, &lib);
     // Distinct passages, distinct scores: the order is meaningful.
     assert!(cli.windows(2).all(|w| w[0] != w[1]), "{cli:?}");
+    // The query from a file gives the same scores.
+    let qfile = dir.path().join("query.txt");
+    std::fs::write(&qfile, QUERY)?;
+    let out = dear()
+        .arg("score")
+        .arg("--model")
+        .arg(&model)
+        .arg("--query-file")
+        .arg(&qfile)
+        .arg("--json")
+        .arg("--docs")
+        .arg(&docs)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let from_file: Vec<f32> = json
+        .as_array()
+        .ok_or("not an array")?
+        .iter()
+        .filter_map(|r| r["score"].as_f64().map(|s| s as f32))
+        .collect();
+    assert_eq!(from_file, cli);
 
     // The same through a recipe file, and with explicit lengths (the defaults).
     let recipe = Recipe {
@@ -1518,4 +1544,140 @@ fn index_corpus(corpus: &Path, dir: &Path) -> Result<PathBuf, Box<dyn std::error
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(index)
+}
+
+/// Runs `dear` and returns (exit code, stdout, stderr); a panic (exit 101) or a
+/// signal fails the test.
+fn run_no_panic(cmd: &mut Command) -> Result<(i32, String, String), Box<dyn std::error::Error>> {
+    let out = cmd.env_remove("RUST_BACKTRACE").output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let code = out
+        .status
+        .code()
+        .ok_or(format!("killed by a signal: {stderr}"))?;
+    assert_ne!(code, 101, "panicked: {stderr}");
+    assert!(!stderr.contains("panicked at"), "{stderr}");
+    Ok((code, String::from_utf8(out.stdout)?, stderr))
+}
+
+/// `dear index` commits in batches and records its corpus; `--check` validates an
+/// index; a damaged index is named by `--check`, refused by `dear index`, and a search
+/// over it ends in an error or in results, never a panic.
+#[test]
+fn index_batches_records_its_corpus_and_refuses_damage() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let corpus = dir.path().join("corpus.jsonl");
+    write(&corpus, TINY_CORPUS)?;
+    let index = dir.path().join("index");
+    let index_cmd = |extra: &[&str]| {
+        let mut c = dear();
+        c.arg("index")
+            .arg("--corpus")
+            .arg(&corpus)
+            .arg("--index")
+            .arg(&index)
+            .args(extra);
+        c
+    };
+    let (code, _, err) = run_no_panic(&mut index_cmd(&["--commit-every", "0"]))?;
+    assert!(code == 1 || code == 2, "{err}");
+    assert!(err.contains("--commit-every"), "{err}");
+    // One commit per passage: each batch is durable on its own.
+    let out = run_ok(&mut index_cmd(&["--commit-every", "1"]))?;
+    assert!(out.contains("4 documents"), "{out}");
+    let out = run_ok(dear().args(["index", "--check", "--index"]).arg(&index))?;
+    assert!(out.starts_with("ok: 4 documents"), "{out}");
+    assert!(out.contains("corpus.jsonl (fnv1a64:"), "{out}");
+    assert!(!out.contains("incomplete"), "{out}");
+    // The index's record matches the library's fingerprint of the file.
+    let idx = dear::dear_tantivy::PassageIndex::open(&index)?;
+    let fp = dear::dear_tantivy::corpus_fingerprint(&corpus)?;
+    assert!(idx.sources()?.is_exactly(&fp));
+    drop(idx);
+
+    // Damage the stored documents: flip bytes in the middle of each .store file.
+    let mut damaged = 0;
+    for e in std::fs::read_dir(&index)? {
+        let path = e?.path();
+        if path.extension().is_some_and(|x| x == "store") {
+            let mut bytes = std::fs::read(&path)?;
+            let mid = bytes.len() / 2;
+            for b in &mut bytes[mid.saturating_sub(4)..mid] {
+                *b ^= 0x5a;
+            }
+            std::fs::write(&path, bytes)?;
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0, "no .store file in the index");
+    let (code, _, err) = run_no_panic(dear().args(["index", "--check", "--index"]).arg(&index))?;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("damaged") && err.contains("checksum mismatch"),
+        "{err}"
+    );
+    assert!(err.contains(".store"), "{err}");
+    let (code, _, err) = run_no_panic(&mut index_cmd(&[]))?;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("damaged"), "{err}");
+    let (code, _, err) = run_no_panic(
+        dear()
+            .args(["search", "--stages", "bm25", "--index"])
+            .arg(&index)
+            .arg("rain clouds"),
+    )?;
+    assert!(code == 0 || code == 1, "{err}");
+    Ok(())
+}
+
+/// `dear eval` refuses an index that does not hold exactly the dataset's corpus, and a
+/// run that ranks nothing of the dataset, instead of printing wrong metrics.
+#[test]
+fn eval_refuses_another_corpus_and_an_empty_run() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let ds = dir.path().join("tiny");
+    tiny_dataset(&ds)?;
+    let eval = |extra: &[&str]| {
+        let mut c = dear();
+        c.args(["eval", "--stages", "bm25", "--json", "--dataset"])
+            .arg(&ds)
+            .arg("--runs-dir")
+            .arg(dir.path().join("runs"))
+            .args(extra);
+        c
+    };
+    // An index of another corpus (one document more).
+    let other = dir.path().join("other.jsonl");
+    write(
+        &other,
+        &format!("{TINY_CORPUS}{{\"_id\": \"d9\", \"text\": \"Unrelated.\"}}\n"),
+    )?;
+    let other_index = index_corpus(&other, &dir.path().join("o"))?;
+    let (code, _, err) =
+        run_no_panic(&mut eval(&["--index", other_index.to_str().ok_or("path")?]))?;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("other.jsonl") && err.contains("not exactly"),
+        "{err}"
+    );
+    // An empty folder is built from the dataset's corpus; the same index is then reused.
+    let own = dir.path().join("own");
+    let first = run_ok(&mut eval(&["--index", own.to_str().ok_or("path")?]))?;
+    let again = run_ok(&mut eval(&["--index", own.to_str().ok_or("path")?]))?;
+    let metric = |s: &str| -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+        Ok(serde_json::from_str::<serde_json::Value>(s)?["stages"]["first"]["ndcg@10"].clone())
+    };
+    assert_eq!(metric(&first)?, metric(&again)?);
+    // Runs that rank nothing.
+    let empty = dir.path().join("empty.trec");
+    write(&empty, "")?;
+    let (code, _, err) = run_no_panic(&mut eval(&["--run", empty.to_str().ok_or("path")?]))?;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is empty"), "{err}");
+    let foreign = dir.path().join("foreign.trec");
+    write(&foreign, "x1 Q0 d1 1 3.5 other\n")?;
+    let (code, _, err) = run_no_panic(&mut eval(&["--run", foreign.to_str().ok_or("path")?]))?;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("ranks none"), "{err}");
+    Ok(())
 }

@@ -249,8 +249,10 @@ impl ChatTemplate {
     }
 }
 
-/// Template instructions one render may run (minijinja's fuel).
-pub const TEMPLATE_FUEL: u64 = 5_000_000;
+/// The work one render may do, in minijinja's fuel: one per instruction and one per
+/// 64 bytes of data a template creates (strings, lists, output), so it bounds both
+/// time and memory (at most 64 MB of data made). Real templates use a few thousand.
+pub const TEMPLATE_FUEL: u64 = 1_000_000;
 
 /// Bytes one render may write.
 pub const MAX_TEMPLATE_OUTPUT: usize = 16 << 20;
@@ -927,6 +929,10 @@ mod tests {
     #[test]
     fn hostile_templates_end_in_a_named_error() -> crate::Result<()> {
         let messages = [ChatMessage::user("hi")];
+        let unrolled = format!(
+            "{{% set s = 'xx' %}}{}{{{{ s|length }}}}",
+            "{% set s = s + s %}".repeat(64)
+        );
         let cases = [
             (
                 "{% for a in range(10000) %}{% for b in range(10000) %}{% for c in range(10000) %}{% endfor %}{% endfor %}{% endfor %}",
@@ -936,6 +942,28 @@ mod tests {
                 "{% for a in range(10000) %}{% for b in range(10000) %}{{ 'x' * 1000 }}{% endfor %}{% endfor %}",
                 "",
             ),
+            // Strings doubled until memory runs out, by every route a template has:
+            // a namespace across loop iterations, unrolled `set`s, macro recursion,
+            // filters, and one huge repetition. Fuel pays for every byte created.
+            (
+                "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
+                "fuel",
+            ),
+            (unrolled.as_str(), "fuel"),
+            (
+                "{% macro d(s, n) %}{% if n %}{{ d(s ~ s, n - 1) }}{% else %}{{ s|length }}{% endif %}{% endmacro %}{{ d('x', 64) }}",
+                "fuel",
+            ),
+            (
+                "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s|replace('x', 'xx') %}{% endfor %}{{ ns.s|length }}",
+                "fuel",
+            ),
+            (
+                "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = '%s%s'|format(ns.s, ns.s) %}{% endfor %}{{ ns.s|length }}",
+                "fuel",
+            ),
+            ("{{ ('x' * 10**10)|length }}", ""),
+            ("{{ ('x' * 10**8)|length }}", ""),
         ];
         for (source, expected) in cases {
             let t = ChatTemplate::new(source, None, None)?;
@@ -943,7 +971,7 @@ mod tests {
             let err = t.render(&messages, true).unwrap_err().to_string();
             assert!(err.contains(expected), "{source}: {err}");
             assert!(
-                err.contains("fuel") || err.contains("output passed"),
+                err.contains("fuel") || err.contains("output passed") || err.contains("too large"),
                 "{source}: {err}"
             );
             assert!(

@@ -215,6 +215,8 @@ impl LanguageModel {
         if text.is_empty() {
             return Err(Error::EmptyInput("the prompt is empty".into()));
         }
+        let context = self.llama.config().max_position_embeddings;
+        self.tokenizer.check_fits(text, context, "a prompt")?;
         let ids = self.tokenizer.encode(text, true)?;
         if ids.is_empty() {
             return Err(Error::EmptyInput("the prompt encodes to no token".into()));
@@ -253,6 +255,9 @@ impl LanguageModel {
             ))
         })?;
         let text = template.render(messages, add_generation_prompt)?;
+        let context = self.llama.config().max_position_embeddings;
+        self.tokenizer
+            .check_fits(&text, context, "a rendered chat prompt")?;
         self.tokenizer.encode(&text, false)
     }
 

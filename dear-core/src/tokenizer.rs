@@ -113,6 +113,8 @@ pub struct Tokenizer {
     pad_token_id: Option<u32>,
     end_token_ids: Vec<u32>,
     chat_template: Option<ChatTemplate>,
+    /// The longest token of the vocabulary (special tokens included), in bytes.
+    max_token_bytes: usize,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -507,7 +509,15 @@ impl Tokenizer {
             }
         }
 
+        let max_token_bytes = inner
+            .get_vocab(true)
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(1)
+            .max(1);
         Ok(Self {
+            max_token_bytes,
             inner: Arc::new(inner),
             origin: facts.origin,
             special_tokens: facts.special_tokens,
@@ -576,6 +586,27 @@ impl Tokenizer {
             end -= 1;
         }
         Ok((&text[..end], kept))
+    }
+
+    /// Refuses, before tokenizing it, a text that cannot encode to `max_tokens` tokens
+    /// or fewer: no token of the vocabulary is longer than the longest vocabulary entry
+    /// (margin 4× for normalizers that shorten text), so a longer text is refused
+    /// without the time and memory its tokenization would take.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ContextOverflow`] naming `what`, with the least number of tokens the text
+    /// can have.
+    pub(crate) fn check_fits(&self, text: &str, max_tokens: usize, what: &str) -> crate::Result<()> {
+        let per_token = self.max_token_bytes.saturating_mul(4);
+        if text.len() > max_tokens.saturating_mul(per_token) {
+            return Err(Error::ContextOverflow {
+                what: format!("{what}: {} bytes, refused before tokenizing", text.len()),
+                tokens: text.len().div_ceil(per_token),
+                max: max_tokens,
+            });
+        }
+        Ok(())
     }
 
     /// Decodes token ids into text; with `skip_special_tokens`, special tokens are left out.

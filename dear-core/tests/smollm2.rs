@@ -75,3 +75,40 @@ fn gguf_packed_equals_single() -> TestResult {
     }
     Ok(())
 }
+
+/// Prompts that cannot fit the context window are refused before they are tokenized
+/// (bounded time and memory), and a 50 MB passage without spaces costs the listwise
+/// prompt no more than a long one.
+#[test]
+fn huge_prompts_are_refused_before_tokenizing() -> TestResult {
+    let lm = default_model();
+    let huge = "x".repeat(8 << 20);
+    let started = std::time::Instant::now();
+    for err in [
+        lm.plain_prompt(&huge).err(),
+        lm.chat_ids(&[dear_core::ChatMessage::user(huge.as_str())], true)
+            .err(),
+    ] {
+        let err = err.ok_or("an 8 MB prompt was accepted")?;
+        assert!(
+            matches!(err, dear_core::Error::ContextOverflow { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("refused before tokenizing"), "{err}");
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+    let passage = dear_core::Passage::new("y".repeat(50 << 20));
+    let started = std::time::Instant::now();
+    let text = dear_core::listwise_passage_text(&passage);
+    assert_eq!(text.chars().count(), 1 << 13);
+    let ids = dear_core::listwise_prompt_ids(
+        &lm,
+        dear_core::ListwisePrompt::RankLlm,
+        "q",
+        &[passage, dear_core::Passage::new("short")],
+    )?;
+    assert!(ids.len() < 8192, "{}", ids.len());
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    Ok(())
+}

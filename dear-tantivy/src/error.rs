@@ -34,6 +34,14 @@ pub enum Error {
     /// An option is out of range.
     #[error("invalid option: {0}")]
     InvalidOption(String),
+    /// The index is damaged (checksums that do not match, documents that do not
+    /// decode); nothing is written on top of it.
+    #[error("the index is damaged: {0} (rebuild it with `dear index` into an empty folder)")]
+    Corrupt(String),
+    /// tantivy panicked under a call (a damaged index can make its readers panic); the
+    /// panic was caught.
+    #[error("the index reader panicked (is the index damaged? `dear index --check`): {0}")]
+    Panicked(String),
     /// A file or folder could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -51,4 +59,13 @@ impl Error {
             source,
         }
     }
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }

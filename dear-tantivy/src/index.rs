@@ -2,9 +2,12 @@
 //! in RAM or in a folder, with id-keyed upserts.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::io::Read;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
 
 use dear_core::Passage;
+use serde::{Deserialize, Serialize};
 use tantivy::directory::MmapDirectory;
 use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, Term};
 
@@ -86,10 +89,20 @@ impl PassageIndex {
         register_analyzer(&index);
         let fields =
             PassageFields::from_schema(&index.schema(), Some("id"), Some("title"), &["text"])?;
-        let reader = index
-            .reader_builder()
-            .reload_policy(ReloadPolicy::Manual)
-            .try_into()?;
+        // Opening the segments reads their headers: a damaged file can make tantivy
+        // panic here, which becomes an error naming the damage.
+        let reader = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            index
+                .reader_builder()
+                .reload_policy(ReloadPolicy::Manual)
+                .try_into()
+        }))
+        .map_err(|payload| {
+            Error::Corrupt(format!(
+                "opening its segments panicked ({}); `dear index --check` names the damaged files",
+                crate::error::panic_message(payload.as_ref())
+            ))
+        })??;
         Ok(Self {
             index,
             reader,
@@ -125,18 +138,259 @@ impl PassageIndex {
         RerankQuery::bag_of_words(self.fields.clone(), &self.index, text)
     }
 
-    /// A writer (one at a time per index; 64 MB of indexing memory).
+    /// A writer (one at a time per index; 64 MB of indexing memory). The index's files
+    /// are checked first: nothing is written on top of an index that is damaged.
     ///
     /// # Errors
-    /// tantivy errors (another writer holds the index lock).
+    /// [`Error::Corrupt`] naming the damaged files; tantivy errors (another writer
+    /// holds the index lock).
     pub fn writer(&self) -> crate::Result<PassageWriter> {
+        let corrupt = self.corrupt_files()?;
+        if !corrupt.is_empty() {
+            return Err(IndexCheck {
+                documents: 0,
+                segments: 0,
+                corrupt_files: corrupt,
+                problems: Vec::new(),
+            }
+            .into_error());
+        }
+        let sources = self.sources()?;
         Ok(PassageWriter {
             writer: self.index.writer(64 << 20)?,
             reader: self.reader.clone(),
             fields: self.fields.clone(),
             pending: HashSet::new(),
+            sources,
+            current: None,
         })
     }
+
+    /// What the index was built from, as its writers recorded it (see
+    /// [`PassageWriter::begin_source`]); empty for an index written without sources.
+    ///
+    /// # Errors
+    /// tantivy errors reading the index's metadata.
+    pub fn sources(&self) -> crate::Result<IndexSources> {
+        let payload = self.index.load_metas()?.payload;
+        Ok(payload
+            .as_deref()
+            .and_then(|p| serde_json::from_str(p).ok())
+            .unwrap_or_default())
+    }
+
+    /// Checks the index: every file's checksum, then every segment's stored documents
+    /// (read back one by one), with any panic of the reader caught.
+    ///
+    /// # Errors
+    /// tantivy errors that prevent the check itself (unreadable metadata).
+    pub fn check(&self) -> crate::Result<IndexCheck> {
+        check_index(&self.index)
+    }
+
+    /// Checks the index in `dir` without opening it for search first, so that an index
+    /// too damaged to open is still described (see [`check`](Self::check)).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when `dir` holds no index; tantivy errors reading its metadata.
+    pub fn check_folder(dir: &Path) -> crate::Result<IndexCheck> {
+        if !dir.join("meta.json").is_file() {
+            return Err(Error::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no tantivy index here"),
+            ));
+        }
+        let index = std::panic::catch_unwind(|| Index::open_in_dir(dir)).map_err(|payload| {
+            Error::Corrupt(format!(
+                "reading its metadata panicked ({})",
+                crate::error::panic_message(payload.as_ref())
+            ))
+        })??;
+        check_index(&index)
+    }
+
+    /// The index files whose checksum does not match.
+    fn corrupt_files(&self) -> crate::Result<Vec<PathBuf>> {
+        corrupt_files(&self.index)
+    }
+}
+
+/// The files of `index` whose checksum does not match (a panic while checking counts
+/// as the metadata being damaged).
+fn corrupt_files(index: &Index) -> crate::Result<Vec<PathBuf>> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| index.validate_checksum())) {
+        Ok(found) => {
+            let mut files: Vec<PathBuf> = found?.into_iter().collect();
+            files.sort();
+            Ok(files)
+        }
+        Err(_) => Ok(vec![PathBuf::from("meta.json")]),
+    }
+}
+
+/// [`PassageIndex::check`] on a tantivy index.
+fn check_index(index: &Index) -> crate::Result<IndexCheck> {
+    let corrupt_files = corrupt_files(index)?;
+    let segments = index.searchable_segment_metas()?.len();
+    let mut check = IndexCheck {
+        documents: 0,
+        segments,
+        corrupt_files,
+        problems: Vec::new(),
+    };
+    let read =
+        std::panic::catch_unwind(AssertUnwindSafe(|| -> crate::Result<(u64, Vec<String>)> {
+            let reader: IndexReader = index
+                .reader_builder()
+                .reload_policy(ReloadPolicy::Manual)
+                .try_into()?;
+            let searcher = reader.searcher();
+            let mut documents = 0u64;
+            let mut problems = Vec::new();
+            for (ord, segment) in searcher.segment_readers().iter().enumerate() {
+                documents += u64::from(segment.num_docs());
+                let store = segment
+                    .get_store_reader(1)
+                    .map_err(tantivy::TantivyError::from)?;
+                for doc in segment.doc_ids_alive() {
+                    if let Err(e) = store.get::<tantivy::TantivyDocument>(doc) {
+                        problems.push(format!("segment {ord}, document {doc}: {e}"));
+                        break;
+                    }
+                }
+            }
+            Ok((documents, problems))
+        }));
+    match read {
+        Ok(Ok((documents, problems))) => {
+            check.documents = documents;
+            check.problems = problems;
+        }
+        Ok(Err(e)) => check
+            .problems
+            .push(format!("reading the index failed: {e}")),
+        Err(payload) => check.problems.push(format!(
+            "reading the index panicked: {}",
+            crate::error::panic_message(payload.as_ref())
+        )),
+    }
+    Ok(check)
+}
+
+/// The outcome of [`PassageIndex::check`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct IndexCheck {
+    /// Live documents read back.
+    pub documents: u64,
+    /// Searchable segments.
+    pub segments: usize,
+    /// Files whose checksum does not match their content.
+    pub corrupt_files: Vec<PathBuf>,
+    /// Other damage found while reading (a document that does not decode, a panic).
+    pub problems: Vec<String>,
+}
+
+impl IndexCheck {
+    /// Whether the index is intact.
+    pub fn is_ok(&self) -> bool {
+        self.corrupt_files.is_empty() && self.problems.is_empty()
+    }
+
+    /// The error this check stands for ([`Error::Corrupt`]).
+    pub fn into_error(self) -> Error {
+        let mut what: Vec<String> = self
+            .corrupt_files
+            .iter()
+            .map(|f| format!("checksum mismatch in {}", f.display()))
+            .collect();
+        what.extend(self.problems);
+        Error::Corrupt(what.join("; "))
+    }
+}
+
+/// What an index was built from: the corpora its writers named, in order, and whether
+/// anything else was written. Kept in tantivy's commit payload.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexSources {
+    /// The corpora written into the index.
+    pub corpora: Vec<CorpusSource>,
+    /// Whether passages were written outside any named corpus.
+    #[serde(default)]
+    pub other_writes: bool,
+}
+
+/// One corpus written into an index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CorpusSource {
+    /// A name for messages (the corpus file's name).
+    pub name: String,
+    /// The corpus's [`corpus_fingerprint`].
+    pub fingerprint: String,
+    /// Whether every passage of it was committed.
+    pub complete: bool,
+}
+
+impl IndexSources {
+    /// Whether the index holds exactly the corpus with this fingerprint, completely.
+    pub fn is_exactly(&self, fingerprint: &str) -> bool {
+        !self.other_writes
+            && self.corpora.len() == 1
+            && self.corpora[0].fingerprint == fingerprint
+            && self.corpora[0].complete
+    }
+}
+
+impl std::fmt::Display for IndexSources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.corpora.is_empty() {
+            return f.write_str(if self.other_writes {
+                "passages from no named corpus"
+            } else {
+                "no recorded corpus"
+            });
+        }
+        let parts: Vec<String> = self
+            .corpora
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} ({}{})",
+                    c.name,
+                    c.fingerprint,
+                    if c.complete { "" } else { ", incomplete" }
+                )
+            })
+            .collect();
+        write!(f, "{}", parts.join(", "))?;
+        if self.other_writes {
+            f.write_str(" and passages from no named corpus")?;
+        }
+        Ok(())
+    }
+}
+
+/// A fingerprint of a corpus file's bytes (64-bit FNV-1a and the length): equal files
+/// give equal fingerprints, so an index can say which corpus it holds.
+///
+/// # Errors
+/// [`Error::Io`] naming the file.
+pub fn corpus_fingerprint(path: &Path) -> crate::Result<String> {
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut len: u64 = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        for &b in &buf[..n] {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        len += n as u64;
+    }
+    Ok(format!("fnv1a64:{hash:016x}:{len}"))
 }
 
 /// Adds passages to a [`PassageIndex`]; visible to searchers after
@@ -146,6 +400,9 @@ pub struct PassageWriter {
     reader: IndexReader,
     fields: PassageFields,
     pending: HashSet<String>,
+    sources: IndexSources,
+    /// The index in `sources.corpora` of the corpus being written, if any.
+    current: Option<usize>,
 }
 
 impl std::fmt::Debug for PassageWriter {
@@ -181,15 +438,59 @@ impl PassageWriter {
             document.add_text(field, title);
         }
         self.writer.add_document(document)?;
+        if self.current.is_none() {
+            self.sources.other_writes = true;
+        }
         Ok(existed)
     }
 
-    /// Makes everything added so far searchable.
+    /// Names the corpus the next upserts come from (its file name and
+    /// [`corpus_fingerprint`]). Every commit records it as incomplete until
+    /// [`finish_source`](Self::finish_source): an interrupted run is visible, and a rerun
+    /// of the same corpus (upserts replace what the first run committed) completes it.
+    pub fn begin_source(&mut self, name: &str, fingerprint: &str) {
+        let at = match self
+            .sources
+            .corpora
+            .iter()
+            .position(|c| c.fingerprint == fingerprint)
+        {
+            Some(at) => at,
+            None => {
+                self.sources.corpora.push(CorpusSource {
+                    name: name.to_string(),
+                    fingerprint: fingerprint.to_string(),
+                    complete: false,
+                });
+                self.sources.corpora.len() - 1
+            }
+        };
+        self.sources.corpora[at].complete = false;
+        self.current = Some(at);
+    }
+
+    /// Marks the corpus named by [`begin_source`](Self::begin_source) complete and
+    /// commits.
+    ///
+    /// # Errors
+    /// As [`commit`](Self::commit).
+    pub fn finish_source(&mut self) -> crate::Result<()> {
+        if let Some(at) = self.current.take() {
+            self.sources.corpora[at].complete = true;
+        }
+        self.commit()
+    }
+
+    /// Makes everything added so far searchable (and durable).
     ///
     /// # Errors
     /// tantivy errors.
     pub fn commit(&mut self) -> crate::Result<()> {
-        self.writer.commit()?;
+        let payload = serde_json::to_string(&self.sources)
+            .map_err(|e| Error::InvalidOption(format!("index sources: {e}")))?;
+        let mut prepared = self.writer.prepare_commit()?;
+        prepared.set_payload(&payload);
+        prepared.commit()?;
         self.reader.reload()?;
         self.pending.clear();
         Ok(())

@@ -56,7 +56,9 @@ pub use tantivy;
 pub use crate::error::Error;
 pub use crate::eval::IndexFirstStage;
 pub use crate::fields::{register_analyzer, PassageFields, ENGLISH_ANALYZER};
-pub use crate::index::{PassageIndex, PassageWriter};
+pub use crate::index::{
+    corpus_fingerprint, CorpusSource, IndexCheck, IndexSources, PassageIndex, PassageWriter,
+};
 pub use crate::options::SearchOptions;
 pub use crate::query::RerankQuery;
 pub use crate::search::{SearchHit, SearchReranked, SearchResults};

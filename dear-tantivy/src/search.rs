@@ -104,18 +104,24 @@ impl SearchReranked for Searcher {
             .max(options.offset() + options.limit())
             .min(docs)
             .max(1);
-        let top = self.search(query.query(), &TopDocs::with_limit(fetch).order_by_score())?;
         let fields = query.fields();
-        let mut candidates = Vec::with_capacity(top.len());
-        for (score, address) in top {
-            let doc: TantivyDocument = self.doc(address)?;
-            candidates.push(Candidate::with_handle(
-                address,
-                fields.passage(&doc, address),
-                score,
-            ));
-        }
-        let results = reranker.rerank(query.text(), candidates, &rerank)?;
+        // tantivy can panic on a damaged index: every call into it is guarded, so the
+        // panic becomes an error here instead of crossing the library's API.
+        let candidates = guarded(|| {
+            let top = self.search(query.query(), &TopDocs::with_limit(fetch).order_by_score())?;
+            let mut candidates = Vec::with_capacity(top.len());
+            for (score, address) in top {
+                let doc: TantivyDocument = self.doc(address)?;
+                candidates.push(Candidate::with_handle(
+                    address,
+                    fields.passage(&doc, address),
+                    score,
+                ));
+            }
+            Ok(candidates)
+        })?;
+        // Stages catch their own panics (the stage fails, the order before it stays).
+        let results = guarded(|| Ok(reranker.rerank(query.text(), candidates, &rerank)?))?;
         let total = results.hits.len();
         let page: Vec<RerankedHit<DocAddress>> = results
             .hits
@@ -135,12 +141,37 @@ impl SearchReranked for Searcher {
                 })
                 .collect::<crate::Result<Vec<_>>>()?,
         };
-        let mut hits = Vec::with_capacity(page.len());
+        let hits = guarded(|| snippets(self, page, &generators))?;
+        Ok(SearchResults {
+            hits,
+            total,
+            report: results.report,
+        })
+    }
+}
+
+/// Runs `f`, turning a panic under it into [`Error::Panicked`](crate::Error::Panicked).
+fn guarded<T>(f: impl FnOnce() -> crate::Result<T>) -> crate::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        Err(crate::Error::Panicked(crate::error::panic_message(
+            payload.as_ref(),
+        )))
+    })
+}
+
+/// The page's hits, each with its snippet when `generators` are given.
+fn snippets(
+    searcher: &Searcher,
+    page: Vec<RerankedHit<DocAddress>>,
+    generators: &[SnippetGenerator],
+) -> crate::Result<Vec<SearchHit>> {
+    let mut hits = Vec::with_capacity(page.len());
+    {
         for hit in page {
             let snippet = if generators.is_empty() {
                 None
             } else {
-                let doc: TantivyDocument = self.doc(hit.handle)?;
+                let doc: TantivyDocument = searcher.doc(hit.handle)?;
                 // The first text field whose snippet holds a query term, else the first.
                 let snippets: Vec<_> = generators
                     .iter()
@@ -154,10 +185,6 @@ impl SearchReranked for Searcher {
             };
             hits.push(SearchHit { hit, snippet });
         }
-        Ok(SearchResults {
-            hits,
-            total,
-            report: results.report,
-        })
     }
+    Ok(hits)
 }

@@ -143,8 +143,24 @@ impl RunFirstStage {
     ///
     /// # Errors
     /// Errors reading the run or the corpus, naming the file and line.
+    /// A run with no line, or with no query of the dataset, is refused: its metrics
+    /// would be silently zero.
     pub fn new(path: impl AsRef<Path>, dataset: &Dataset) -> crate::Result<Self> {
+        let path = path.as_ref();
         let run = Run::from_path(path)?;
+        if run.is_empty() {
+            return Err(crate::Error::InvalidArgument(format!(
+                "the run {} is empty: no ranking to rerank",
+                path.display()
+            )));
+        }
+        if !dataset.queries().iter().any(|(id, _)| run.get(id).is_some()) {
+            return Err(crate::Error::InvalidArgument(format!(
+                "the run {} ranks none of the {} queries evaluated (is it a run of another dataset?)",
+                path.display(),
+                dataset.queries().len()
+            )));
+        }
         let mut docs = HashMap::new();
         dataset.read_corpus(|p| {
             if let Some(id) = p.id.clone() {

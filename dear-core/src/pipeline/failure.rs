@@ -60,6 +60,10 @@ pub enum StageFailure {
     /// of scores, a NaN score, an order that is not a permutation).
     #[error("invalid stage output: {0}")]
     InvalidOutput(String),
+    /// The stage panicked (a bug in a kernel or a plugged-in stage); the panic was
+    /// caught at the pipeline's boundary and the order before the stage kept.
+    #[error("the stage panicked: {0}")]
+    Panicked(String),
 }
 
 impl StageFailure {
@@ -78,6 +82,7 @@ impl StageFailure {
             StageFailure::NoRanking { .. } => "no-ranking",
             StageFailure::Cancelled => "cancelled",
             StageFailure::InvalidOutput(_) => "invalid-output",
+            StageFailure::Panicked(_) => "panicked",
         }
     }
 
@@ -98,6 +103,18 @@ impl StageFailure {
             Error::Batch(shared) => StageFailure::Model(shared),
             other => StageFailure::Model(Arc::new(other)),
         }
+    }
+}
+
+impl StageFailure {
+    /// The failure for a panic caught while a stage ran, with the panic's message.
+    pub(crate) fn from_panic(payload: &(dyn std::any::Any + Send)) -> Self {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_string());
+        StageFailure::Panicked(message)
     }
 }
 
@@ -131,6 +148,7 @@ impl PartialEq for StageFailure {
             ) => w1 == w2 && f1 == f2,
             (Cancelled, Cancelled) => true,
             (InvalidOutput(a), InvalidOutput(b)) => a == b,
+            (Panicked(a), Panicked(b)) => a == b,
             _ => false,
         }
     }

@@ -371,14 +371,20 @@ impl Reranker {
             }
             (Some(stage), true) => {
                 pw_ran = true;
-                match self.run_pointwise(
-                    stage.as_ref(),
-                    &query_struct,
-                    &passages,
-                    options,
-                    deadline,
-                    &mut pw,
-                ) {
+                // A panic under the stage (a kernel, a plugged-in stage) is caught here:
+                // it fails the stage, never the call, and the first-stage order stays.
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.run_pointwise(
+                        stage.as_ref(),
+                        &query_struct,
+                        &passages,
+                        options,
+                        deadline,
+                        &mut pw,
+                    )
+                }))
+                .unwrap_or_else(|payload| Err(StageFailure::from_panic(payload.as_ref())));
+                match run {
                     Ok((scores, chunks)) => {
                         for (slot, s) in pointwise_scores.iter_mut().zip(&scores) {
                             *slot = Some(*s);
@@ -439,14 +445,20 @@ impl Reranker {
                     .map(|&i| passages[i].clone())
                     .collect();
                 lw.passages = depth;
-                let (perm, failure) = self.run_listwise(
-                    stage.as_ref(),
-                    &query_struct,
-                    &top,
-                    options,
-                    deadline,
-                    &mut lw,
-                );
+                let (perm, failure) =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.run_listwise(
+                            stage.as_ref(),
+                            &query_struct,
+                            &top,
+                            options,
+                            deadline,
+                            &mut lw,
+                        )
+                    }))
+                    .unwrap_or_else(|payload| {
+                        (None, Some(StageFailure::from_panic(payload.as_ref())))
+                    });
                 if let Some((perm, from)) = perm {
                     let head: Vec<usize> = perm.iter().map(|&k| order[k]).collect();
                     order[..depth].copy_from_slice(&head);
@@ -794,6 +806,13 @@ fn cut_passage(
         } else {
             note = Some("passages cut by words: no stage has a tokenizer".into());
         }
+        // No token spans more than 64 characters (as in `Tokenizer::truncate_text`), so
+        // a text without spaces is cut by characters too.
+        let max_chars = budget.saturating_mul(64);
+        let text = match text.char_indices().nth(max_chars) {
+            Some((i, _)) => &text[..i],
+            None => text,
+        };
         let words: Vec<&str> = text.split_whitespace().take(budget).collect();
         budget = budget.saturating_sub(words.len());
         words.join(" ")
@@ -876,6 +895,65 @@ mod tests {
                 "the listwise model is broken".into(),
             ))
         }
+    }
+
+    /// Panics, as a kernel bug or a plugged-in stage might.
+    struct Panicking;
+
+    impl PointwiseStage for Panicking {
+        fn key(&self) -> String {
+            "panicking".into()
+        }
+        fn score(&self, _: &Query, _: &[Passage], _: Option<Instant>) -> crate::Result<Scored> {
+            panic!("index out of bounds in a kernel")
+        }
+    }
+
+    impl ListwiseStage for Panicking {
+        fn key(&self) -> String {
+            "panicking".into()
+        }
+        fn rank(
+            &self,
+            _: &Query,
+            _: &[Passage],
+            _: &ListwiseOptions,
+        ) -> crate::Result<ListwiseOutcome> {
+            panic!("{}", String::from("the listwise stage panicked"))
+        }
+    }
+
+    /// A panic under a stage fails that stage, never the call: the previous order stays.
+    #[test]
+    fn a_panicking_stage_fails_and_keeps_the_previous_order() -> crate::Result<()> {
+        let r = Reranker::new()
+            .with_pointwise(Panicking)
+            .with_listwise(Panicking);
+        let out = r.rerank("q", candidates(&["1", "5", "3"]), &RerankOptions::default())?;
+        assert_eq!(ids(&out), ["d0", "d1", "d2"]);
+        let failures: Vec<(Stage, &StageFailure)> = out.report.failures().collect();
+        assert_eq!(
+            failures,
+            [
+                (
+                    Stage::Pointwise,
+                    &StageFailure::Panicked("index out of bounds in a kernel".into())
+                ),
+                (
+                    Stage::Listwise,
+                    &StageFailure::Panicked("the listwise stage panicked".into())
+                ),
+            ]
+        );
+        // The listwise stage still runs after a pointwise panic, and reorders.
+        let r = Reranker::new()
+            .with_pointwise(Panicking)
+            .with_listwise(Reverse {
+                sleep_past_deadline: false,
+            });
+        let out = r.rerank("q", candidates(&["1", "5", "3"]), &RerankOptions::default())?;
+        assert_eq!(ids(&out), ["d2", "d1", "d0"]);
+        Ok(())
     }
 
     /// Returns a wrong number of scores.

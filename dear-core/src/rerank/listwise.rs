@@ -314,7 +314,19 @@ impl ListwiseRanker {
     ) -> crate::Result<(Vec<usize>, WindowReport)> {
         let n = items.len();
         let owned: Vec<Passage> = items.iter().map(|p| (*p).clone()).collect();
+        // Rendering and tokenizing a window's prompt is bounded work (passages are read
+        // up to a fixed length, the template has a fuel budget), but not free: a deadline
+        // that passed before or during it stops the window here.
+        let past_deadline = |what: &str| match deadline {
+            Some(d) if Instant::now() >= d => Err(Error::DeadlineExceeded {
+                what: what.to_string(),
+                elapsed_ms: started.elapsed().as_millis(),
+            }),
+            _ => Ok(()),
+        };
+        past_deadline("listwise stage, before rendering a window's prompt")?;
         let prompt = listwise_prompt_ids(&self.lm, self.config.prompt, &query.text, &owned)?;
+        past_deadline("listwise stage, rendering and tokenizing a window's prompt")?;
         let base = self.config.prompt.id_base();
         let mut report = WindowReport {
             start: 0,

@@ -133,13 +133,34 @@ impl std::str::FromStr for ListwisePrompt {
 /// DeAR writes the prefix for empty titles too, but `build_messages` then deletes the
 /// `"Title: Content: "` it leaves, so the `rankllm` messages are the same either way, and the
 /// `plain` prompt does not show an empty prefix.
+///
+/// Title and text are each read up to their first 8,192 characters: both prompts keep
+/// far less (300 words, or 300 characters), so real passages are unchanged, and a huge
+/// passage (a 50 MB line without spaces) costs no more than a long one.
 pub fn listwise_passage_text(passage: &Passage) -> String {
+    let text = prefix_chars(&passage.text, MAX_PASSAGE_CHARS);
     match passage.title.as_deref() {
-        Some(title) if py_words(title).next().is_some() => collapse_whitespace(
-            &format!("Title: {title} Content: {}", passage.text),
-            usize::MAX,
-        ),
-        _ => collapse_whitespace(&passage.text, usize::MAX),
+        Some(title) if py_words(prefix_chars(title, MAX_PASSAGE_CHARS)).next().is_some() => {
+            collapse_whitespace(
+                &format!(
+                    "Title: {} Content: {text}",
+                    prefix_chars(title, MAX_PASSAGE_CHARS)
+                ),
+                usize::MAX,
+            )
+        }
+        _ => collapse_whitespace(text, usize::MAX),
+    }
+}
+
+/// The most characters of a passage's title or text the listwise prompts read.
+pub(crate) const MAX_PASSAGE_CHARS: usize = 1 << 13;
+
+/// The first `max` characters of `text`.
+fn prefix_chars(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => &text[..i],
+        None => text,
     }
 }
 

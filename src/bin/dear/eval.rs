@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use dear::dear_core::eval::{evaluate_dataset, Dataset, FirstStage, RunFirstStage};
 use dear::dear_core::Fusion;
-use dear::dear_tantivy::{IndexFirstStage, PassageIndex};
+use dear::dear_tantivy::{corpus_fingerprint, IndexFirstStage, PassageIndex};
 use indicatif::ProgressBar;
 
 use crate::pipeline::{progress, PipelineArgs};
@@ -88,15 +88,38 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         (None, Some(dir)) => Some(PassageIndex::open_or_create(dir)?),
         (None, None) => Some(PassageIndex::create_in_ram()?),
     };
-    if let Some(index) = index.as_ref().filter(|i| i.num_docs() == 0) {
-        let bar = ProgressBar::new_spinner();
-        let s = fill_index(index, Some(&dataset.corpus_path()), None, &bar)?;
-        bar.finish_and_clear();
-        eprintln!(
-            "indexed {} passages in {:.1} s",
-            s.total,
-            s.elapsed.as_secs_f64()
-        );
+    if let Some(index) = &index {
+        // Metrics over an index of another corpus would be silently wrong: the index
+        // must hold exactly this dataset's corpus (its fingerprint, every passage).
+        let fingerprint = corpus_fingerprint(&dataset.corpus_path())?;
+        let sources = index.sources()?;
+        if index.num_docs() == 0
+            || sources
+                .corpora
+                .iter()
+                .any(|c| c.fingerprint == fingerprint && !c.complete)
+        {
+            let bar = ProgressBar::new_spinner();
+            let s = fill_index(index, Some(&dataset.corpus_path()), None, 10_000, &bar)?;
+            bar.finish_and_clear();
+            eprintln!(
+                "indexed {} passages in {:.1} s",
+                s.total,
+                s.elapsed.as_secs_f64()
+            );
+        }
+        let sources = index.sources()?;
+        if !sources.is_exactly(&fingerprint) {
+            bail!(
+                "the index at {} holds {sources}, not exactly {}'s corpus ({}, {fingerprint}): \
+                 give an empty folder (dear eval builds the index there) or leave out --index",
+                args.index
+                    .as_deref()
+                    .map_or_else(|| "RAM".into(), |p| p.display().to_string()),
+                dataset.name(),
+                dataset.corpus_path().display(),
+            );
+        }
     }
     let index_stage = index.as_ref().map(IndexFirstStage);
     let first: &dyn FirstStage = match (&run_stage, &index_stage) {

@@ -250,8 +250,12 @@ struct ScoreArgs {
     #[arg(long)]
     recipe: Option<String>,
     /// The query.
-    #[arg(long)]
-    query: String,
+    #[arg(long, required_unless_present = "query_file")]
+    query: Option<String>,
+    /// Read the query from a file (`-`: standard input; at most 1 MiB of UTF-8), for
+    /// queries too long for the command line.
+    #[arg(long, value_name = "FILE", conflicts_with = "query")]
+    query_file: Option<PathBuf>,
     /// A JSON Lines file, one passage per line: {"id"?, "title"?, "text"} (BEIR's
     /// "_id" is accepted for "id"). Blank lines are skipped.
     #[arg(long)]
@@ -324,7 +328,13 @@ fn score(args: &ScoreArgs) -> anyhow::Result<()> {
     let scorer = load_scorer(args)?;
     let loaded = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let scores = scorer.score(&Query::new(args.query.clone()), &passages)?;
+    let scores = scorer.score(
+        &Query::new(search::query_text(
+            args.query.as_deref(),
+            args.query_file.as_deref(),
+        )?),
+        &passages,
+    )?;
     let seconds = started.elapsed().as_secs_f64();
     let rate = if seconds > 0.0 {
         passages.len() as f64 / seconds
@@ -380,8 +390,12 @@ struct ListwiseArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// The query.
-    #[arg(long)]
-    query: String,
+    #[arg(long, required_unless_present = "query_file")]
+    query: Option<String>,
+    /// Read the query from a file (`-`: standard input; at most 1 MiB of UTF-8), for
+    /// queries too long for the command line.
+    #[arg(long, value_name = "FILE", conflicts_with = "query")]
+    query_file: Option<PathBuf>,
     /// A JSON Lines file, one passage per line: {"id"?, "title"?, "text"} (BEIR's
     /// "_id" is accepted for "id"), in their incoming order, best first. Blank lines
     /// are skipped.
@@ -470,7 +484,10 @@ fn listwise(args: &ListwiseArgs) -> anyhow::Result<()> {
     let loaded = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let outcome = reranker.rank(
-        &Query::new(args.query.clone()),
+        &Query::new(search::query_text(
+            args.query.as_deref(),
+            args.query_file.as_deref(),
+        )?),
         &passages,
         &ListwiseOptions::default(),
     )?;
@@ -624,6 +641,17 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // The libraries catch panics at their boundaries (a damaged index, a kernel bug) and
+    // turn them into errors, which this program prints; the panic itself is logged as
+    // one warning line (with RUST_BACKTRACE set, the standard report is printed instead).
+    if std::env::var_os("RUST_BACKTRACE").is_none() {
+        std::panic::set_hook(Box::new(|info| {
+            let location = info
+                .location()
+                .map_or_else(String::new, |l| format!(" at {}:{}", l.file(), l.line()));
+            tracing::warn!("caught a panic{location} (see the error that follows)");
+        }));
+    }
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Generate(args) => generate(args),

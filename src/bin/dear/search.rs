@@ -9,7 +9,9 @@ use clap::Args;
 use dear::dear_core::{corpus, Passage, RerankReport, StageStatus};
 use dear::dear_tantivy::tantivy::collector::TopDocs;
 use dear::dear_tantivy::tantivy::TantivyDocument;
-use dear::dear_tantivy::{PassageIndex, SearchHit, SearchOptions, SearchReranked, SearchResults};
+use dear::dear_tantivy::{
+    corpus_fingerprint, PassageIndex, SearchHit, SearchOptions, SearchReranked, SearchResults,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::id_column_width;
@@ -21,16 +23,27 @@ use dear::dear_core::corpus::{one_line, terminal_safe};
 #[derive(Args, Debug)]
 pub struct IndexArgs {
     /// A BEIR corpus: one {"_id", "title"?, "text"} object per line.
-    #[arg(long, conflicts_with = "dir", required_unless_present = "dir")]
+    #[arg(long, conflicts_with = "dir", required_unless_present_any = ["dir", "check"])]
     corpus: Option<PathBuf>,
     /// A folder: every .txt and .md file under it, split into passages of paragraphs.
     #[arg(long)]
     dir: Option<PathBuf>,
     /// The index folder (created if missing; documents with an id already there are
-    /// replaced).
+    /// replaced, so a rerun after an interruption completes the index).
     #[arg(long)]
     index: PathBuf,
+    /// Commit every N passages: an interruption loses at most the last N, and the
+    /// writer's memory stays bounded however large the corpus.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    commit_every: usize,
+    /// Check the index instead of writing: every file's checksum and every stored
+    /// document (exit 1 if anything is damaged).
+    #[arg(long, conflicts_with_all = ["corpus", "dir"])]
+    check: bool,
 }
+
+/// The most passages between two commits `--commit-every` accepts.
+const MAX_COMMIT_EVERY: usize = 10_000_000;
 
 pub(crate) struct IndexSummary {
     added: usize,
@@ -39,16 +52,30 @@ pub(crate) struct IndexSummary {
     pub(crate) elapsed: Duration,
 }
 
-/// Adds the documents of `corpus`/`dir` to `index`.
+/// Adds the documents of `corpus`/`dir` to `index`, committing every `commit_every`
+/// passages; a corpus file is recorded in the index by its fingerprint (complete once
+/// every passage is committed).
 pub(crate) fn fill_index(
     index: &PassageIndex,
     corpus_file: Option<&Path>,
     dir: Option<&Path>,
+    commit_every: usize,
     bar: &ProgressBar,
 ) -> anyhow::Result<IndexSummary> {
+    if !(1..=MAX_COMMIT_EVERY).contains(&commit_every) {
+        bail!("--commit-every must be between 1 and {MAX_COMMIT_EVERY}, got {commit_every}");
+    }
     let started = Instant::now();
     let mut writer = index.writer()?;
-    let (mut added, mut replaced) = (0, 0);
+    if let Some(file) = corpus_file {
+        let fingerprint = corpus_fingerprint(file)?;
+        let name = file.file_name().map_or_else(
+            || file.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        writer.begin_source(&name, &fingerprint);
+    }
+    let (mut added, mut replaced) = (0usize, 0usize);
     let mut failure: Option<anyhow::Error> = None;
     let mut add = |p: Passage| {
         if failure.is_some() {
@@ -58,6 +85,11 @@ pub(crate) fn fill_index(
             Ok(true) => replaced += 1,
             Ok(false) => added += 1,
             Err(e) => failure = Some(e.into()),
+        }
+        if (added + replaced) % commit_every == 0 && failure.is_none() {
+            if let Err(e) = writer.commit() {
+                failure = Some(anyhow::Error::from(e).context("committing a batch"));
+            }
         }
         bar.inc(1);
     };
@@ -69,7 +101,7 @@ pub(crate) fn fill_index(
     if let Some(e) = failure {
         return Err(e);
     }
-    writer.commit()?;
+    writer.finish_source()?;
     Ok(IndexSummary {
         added,
         replaced,
@@ -79,6 +111,22 @@ pub(crate) fn fill_index(
 }
 
 pub fn index(args: &IndexArgs) -> anyhow::Result<()> {
+    if args.check {
+        let check = PassageIndex::check_folder(&args.index)
+            .with_context(|| format!("checking the index at {}", args.index.display()))?;
+        if !check.is_ok() {
+            return Err(anyhow::Error::from(check.into_error()))
+                .with_context(|| format!("checking the index at {}", args.index.display()));
+        }
+        let index = PassageIndex::open(&args.index)?;
+        println!(
+            "ok: {} documents in {} segments, every checksum matches and every document reads back; built from {}",
+            check.documents,
+            check.segments,
+            index.sources()?
+        );
+        return Ok(());
+    }
     let index = PassageIndex::open_or_create(&args.index)
         .with_context(|| format!("opening the index at {}", args.index.display()))?;
     let bar = ProgressBar::new_spinner();
@@ -86,7 +134,14 @@ pub fn index(args: &IndexArgs) -> anyhow::Result<()> {
         ProgressStyle::with_template("indexing {spinner} {pos} passages [{elapsed_precise}]")
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
-    let s = fill_index(&index, args.corpus.as_deref(), args.dir.as_deref(), &bar)?;
+    let s = fill_index(
+        &index,
+        args.corpus.as_deref(),
+        args.dir.as_deref(),
+        args.commit_every,
+        &bar,
+    )
+    .with_context(|| format!("writing the index at {}", args.index.display()))?;
     bar.finish_and_clear();
     println!(
         "indexed {} passages ({} new, {} replaced) in {:.1} s; {} documents in {}",
@@ -131,6 +186,15 @@ pub struct SearchArgs {
     /// command line (at most 1 MiB of UTF-8).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["query", "query_arg"])]
     query_file: Option<PathBuf>,
+}
+
+/// The query of `--query` or `--query-file`.
+pub(crate) fn query_text(query: Option<&str>, file: Option<&Path>) -> anyhow::Result<String> {
+    match (query, file) {
+        (_, Some(path)) => read_query_file(path),
+        (Some(q), None) => Ok(q.to_string()),
+        (None, None) => bail!("give --query QUERY or --query-file FILE"),
+    }
 }
 
 /// The longest query `--query-file` reads.
