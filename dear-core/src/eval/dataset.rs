@@ -154,7 +154,11 @@ impl RunFirstStage {
                 path.display()
             )));
         }
-        if !dataset.queries().iter().any(|(id, _)| run.get(id).is_some()) {
+        if !dataset
+            .queries()
+            .iter()
+            .any(|(id, _)| run.get(id).is_some())
+        {
             return Err(crate::Error::InvalidArgument(format!(
                 "the run {} ranks none of the {} queries evaluated (is it a run of another dataset?)",
                 path.display(),
