@@ -597,7 +597,12 @@ impl Tokenizer {
     ///
     /// [`Error::ContextOverflow`] naming `what`, with the least number of tokens the text
     /// can have.
-    pub(crate) fn check_fits(&self, text: &str, max_tokens: usize, what: &str) -> crate::Result<()> {
+    pub(crate) fn check_fits(
+        &self,
+        text: &str,
+        max_tokens: usize,
+        what: &str,
+    ) -> crate::Result<()> {
         let per_token = self.max_token_bytes.saturating_mul(4);
         if text.len() > max_tokens.saturating_mul(per_token) {
             return Err(Error::ContextOverflow {

@@ -503,7 +503,10 @@ fn adapters_that_disagree_with_their_config_are_refused() -> TestResult {
         },
     )?;
     let msg = load(&dir).ok_or("loaded a stray norm tensor")?;
-    assert!(msg.contains("model.norm.weight") && msg.contains("does not target"), "{msg}");
+    assert!(
+        msg.contains("model.norm.weight") && msg.contains("does not target"),
+        "{msg}"
+    );
     // Integer weights.
     let dir = edited_adapter(
         |_| {},

@@ -94,7 +94,10 @@ fn huge_prompts_are_refused_before_tokenizing() -> TestResult {
             matches!(err, dear_core::Error::ContextOverflow { .. }),
             "{err}"
         );
-        assert!(err.to_string().contains("refused before tokenizing"), "{err}");
+        assert!(
+            err.to_string().contains("refused before tokenizing"),
+            "{err}"
+        );
     }
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 

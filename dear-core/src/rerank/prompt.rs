@@ -140,7 +140,11 @@ impl std::str::FromStr for ListwisePrompt {
 pub fn listwise_passage_text(passage: &Passage) -> String {
     let text = prefix_chars(&passage.text, MAX_PASSAGE_CHARS);
     match passage.title.as_deref() {
-        Some(title) if py_words(prefix_chars(title, MAX_PASSAGE_CHARS)).next().is_some() => {
+        Some(title)
+            if py_words(prefix_chars(title, MAX_PASSAGE_CHARS))
+                .next()
+                .is_some() =>
+        {
             collapse_whitespace(
                 &format!(
                     "Title: {} Content: {text}",
