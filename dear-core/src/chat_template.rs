@@ -254,6 +254,9 @@ impl ChatTemplate {
 /// time and memory (at most 64 MB of data made). Real templates use a few thousand.
 pub const TEMPLATE_FUEL: u64 = 1_000_000;
 
+/// The widest `tojson(indent=N)` accepted.
+const MAX_TOJSON_INDENT: i64 = 64;
+
 /// Bytes one render may write.
 pub const MAX_TEMPLATE_OUTPUT: usize = 16 << 20;
 
@@ -751,18 +754,28 @@ fn tojson_filter(
     let indent = match pick(indent, "indent")? {
         None => None,
         Some(v) if v.is_none() || v.is_undefined() => None,
-        Some(v) => match v.as_str() {
-            Some(text) => Some(text.to_owned()),
-            None => {
-                let width = v.as_i64().ok_or_else(|| {
-                    minijinja::Error::new(
+        Some(v) => {
+            match v.as_str() {
+                Some(text) => Some(text.to_owned()),
+                None => {
+                    let width = v.as_i64().ok_or_else(|| {
+                        minijinja::Error::new(
+                            ErrorKind::InvalidOperation,
+                            "tojson: indent must be an integer or a string",
+                        )
+                    })?;
+                    // Python accepts any width; a real template uses 2 or 4, and a huge
+                    // one would allocate without bound.
+                    if width > MAX_TOJSON_INDENT {
+                        return Err(minijinja::Error::new(
                         ErrorKind::InvalidOperation,
-                        "tojson: indent must be an integer or a string",
-                    )
-                })?;
-                Some(" ".repeat(usize::try_from(width).unwrap_or(0)))
+                        format!("tojson: indent {width} is out of range (at most {MAX_TOJSON_INDENT})"),
+                    ));
+                    }
+                    Some(" ".repeat(usize::try_from(width).unwrap_or(0)))
+                }
             }
-        },
+        }
     };
     let (item_separator, key_separator) = match pick(separators, "separators")? {
         Some(v) if !v.is_none() && !v.is_undefined() => {

@@ -368,6 +368,17 @@ impl Tokenizer {
                     ));
                 }
                 let scores = meta.floats("tokenizer.ggml.scores")?;
+                if let Some((i, x)) = scores
+                    .iter()
+                    .flatten()
+                    .enumerate()
+                    .find(|(_, x)| !x.is_finite())
+                {
+                    return Err(Error::tokenizer(
+                        origin,
+                        format!("tokenizer.ggml.scores[{i}] is {x}: scores must be finite"),
+                    ));
+                }
                 (
                     sentencepiece_bpe(&tokens, merges.as_deref(), scores.as_deref(), &origin)?,
                     false,

@@ -24,9 +24,11 @@ pub const RELEVANCE_LEVEL: i32 = 1;
 pub fn trec_eval_order(ranked: &[(String, f64)]) -> Vec<(&str, f64)> {
     let mut order: Vec<(&str, f64)> = ranked.iter().map(|(d, s)| (d.as_str(), *s)).collect();
     order.sort_by(|(doc_a, score_a), (doc_b, score_b)| {
-        // NaN (refused by `Run`) is treated as equal to everything, as C's `>`/`<` would.
-        score_b
-            .partial_cmp(score_a)
+        // NaN (refused by `Run`) ranks last here, so the order stays total (a sort by an
+        // inconsistent comparison may panic).
+        let key = |s: f64| if s.is_nan() { f64::NEG_INFINITY } else { s };
+        key(*score_b)
+            .partial_cmp(&key(*score_a))
             .unwrap_or(Ordering::Equal)
             .then_with(|| doc_b.as_bytes().cmp(doc_a.as_bytes()))
     });
