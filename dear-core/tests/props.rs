@@ -125,17 +125,17 @@ enum Mutation {
 fn mutation() -> impl Strategy<Value = Mutation> {
     let pos = any::<usize>();
     prop_oneof![
-        3 => (pos.clone(), 0u8..8).prop_map(|(p, b)| Mutation::FlipBit(p, b)),
-        2 => (pos.clone(), any::<u8>()).prop_map(|(p, b)| Mutation::SetByte(p, b)),
-        1 => pos.clone().prop_map(Mutation::Truncate),
-        1 => (pos.clone(), 0usize..64, any::<usize>(), pos.clone(), 0usize..256).prop_map(
+        3 => (pos, 0u8..8).prop_map(|(p, b)| Mutation::FlipBit(p, b)),
+        2 => (pos, any::<u8>()).prop_map(|(p, b)| Mutation::SetByte(p, b)),
+        1 => pos.prop_map(Mutation::Truncate),
+        1 => (pos, 0usize..64, any::<usize>(), pos, 0usize..256).prop_map(
             |(at, len, seed, from, take)| Mutation::Splice { at, len, seed, from, take }
         ),
-        2 => (pos.clone(), prop::collection::vec(any::<u8>(), 1..16))
+        2 => (pos, prop::collection::vec(any::<u8>(), 1..16))
             .prop_map(|(p, b)| Mutation::Insert(p, b)),
-        2 => (pos.clone(), 0..HUGE.len(), any::<bool>())
+        2 => (pos, 0..HUGE.len(), any::<bool>())
             .prop_map(|(at, number, wide)| Mutation::OverwriteNumber { at, number, wide }),
-        2 => (pos.clone(), 0..HUGE.len(), 0u8..4)
+        2 => (pos, 0..HUGE.len(), 0u8..4)
             .prop_map(|(p, n, style)| Mutation::InsertNumberText(p, n, style)),
         1 => (pos, 1usize..512).prop_map(|(at, len)| Mutation::Duplicate { at, len }),
     ]
