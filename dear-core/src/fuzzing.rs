@@ -34,8 +34,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("run", run),
 ];
 
-/// A scratch directory for this process and thread (created on first use).
-fn scratch_dir() -> PathBuf {
+/// The scratch path prefix of this process and thread.
+fn scratch_prefix() -> PathBuf {
     thread_local! {
         static DIR: PathBuf = {
             let base = Path::new("/dev/shm");
@@ -48,10 +48,12 @@ fn scratch_dir() -> PathBuf {
     DIR.with(|d| d.clone())
 }
 
-/// Writes `data` to `<scratch>/<sub>/<name>`, runs `f` on that path, and removes the
-/// file (and the folder) again.
+/// Writes `data` to `<prefix>-<sub>/<name>`, runs `f` on that path, and removes the
+/// file and its folder again (nothing is left behind between calls).
 fn with_file(sub: &str, name: &str, data: &[u8], f: impl FnOnce(&Path)) {
-    let dir = scratch_dir().join(sub);
+    let mut dir = scratch_prefix().into_os_string();
+    dir.push(format!("-{sub}"));
+    let dir = PathBuf::from(dir);
     if std::fs::create_dir_all(&dir).is_err() {
         return;
     }
