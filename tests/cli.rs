@@ -1435,26 +1435,39 @@ fn table_output_escapes_control_and_bidi_characters() -> TestResult {
     Ok(())
 }
 
-/// An adapter whose scaling overflows f32 (`lora_alpha` 1e39) makes the model compute
-/// NaN: `dear score` fails naming it instead of printing `"score": null`.
+/// A model whose weights overflow f32 (a final norm of 3e38) computes non-finite scores:
+/// `dear score` fails naming it instead of printing `"score": null`.
 #[test]
 fn a_non_finite_score_is_an_error_not_null() -> TestResult {
     let dir = tempfile::tempdir()?;
     let docs = write_docs(dir.path(), "docs.jsonl", DOCS.as_bytes())?;
-    let adapter = dir.path().join("overflowing");
-    std::fs::create_dir(&adapter)?;
-    let src = lora_fixture("seqcls-a");
-    std::fs::copy(
-        src.join("adapter_model.safetensors"),
-        adapter.join("adapter_model.safetensors"),
-    )?;
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("adapter_config.json"))?)?;
-    config["lora_alpha"] = serde_json::json!(1e39);
-    std::fs::write(adapter.join("adapter_config.json"), config.to_string())?;
+    // A base whose final norm scales hidden states past f32's range (an absurd
+    // adapter is refused at load, so the overflow comes from the base's weights).
+    let model = dir.path().join("overflowing");
+    std::fs::create_dir(&model)?;
+    for e in std::fs::read_dir(fixture("tiny-gqa"))? {
+        let e = e?;
+        std::fs::copy(e.path(), model.join(e.file_name()))?;
+    }
+    let weights = model.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights)?;
+    let header_len = u64::from_le_bytes(bytes[..8].try_into()?) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len])?;
+    let norm = &header["model.norm.weight"];
+    assert_eq!(norm["dtype"], "F32");
+    let offsets = norm["data_offsets"].as_array().ok_or("no offsets")?;
+    let (start, end) = (
+        8 + header_len + offsets[0].as_u64().ok_or("offset")? as usize,
+        8 + header_len + offsets[1].as_u64().ok_or("offset")? as usize,
+    );
+    for chunk in bytes[start..end].chunks_exact_mut(4) {
+        chunk.copy_from_slice(&3.0e38f32.to_le_bytes());
+    }
+    std::fs::write(&weights, bytes)?;
+    let adapter = lora_fixture("seqcls-a");
     let out = dear()
         .args(["score", "--json", "--query", QUERY, "--model"])
-        .arg(fixture("tiny-gqa"))
+        .arg(&model)
         .arg("--adapter")
         .arg(&adapter)
         .arg("--docs")
