@@ -224,12 +224,15 @@ impl Rng {
 
 // ------------------------------------------------------------------------- equal
 
+/// One hit: id, placing stage, first-stage, pointwise, fused scores, relevance.
+type HitRow = (String, Stage, f32, Option<f32>, Option<f32>, f32);
+
 /// What a search returned, in full: compared between the serial and threaded runs.
 #[derive(Clone, Debug, PartialEq)]
 struct Outcome {
     total: usize,
-    /// Per hit: id, placing stage, first-stage, pointwise, fused scores, relevance.
-    hits: Vec<(String, Stage, f32, Option<f32>, Option<f32>, f32)>,
+    /// Per hit.
+    hits: Vec<HitRow>,
     /// Per stage: name and status kind (a failure under load is a mismatch).
     stages: Vec<(Stage, &'static str)>,
 }

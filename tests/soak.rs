@@ -54,12 +54,15 @@ fn tiny_reranker(model: &Path) -> Result<Reranker, Box<dyn std::error::Error>> {
     Ok(setup.with_pointwise_config(config).build_on(lm)?)
 }
 
+/// One hit: id, placing stage, first-stage, pointwise, fused scores and relevance, as bits.
+type HitBits = (String, Stage, u32, Option<u32>, Option<u32>, u32);
+
 /// Everything a search returned that must not depend on other threads: per hit its
 /// id, the stage that placed it and every score (as bits); per stage its status.
 #[derive(Debug, PartialEq, Eq)]
 struct Outcome {
     total: usize,
-    hits: Vec<(String, Stage, u32, Option<u32>, Option<u32>, u32)>,
+    hits: Vec<HitBits>,
     stages: Vec<(Stage, String)>,
 }
 
