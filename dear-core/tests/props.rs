@@ -416,7 +416,7 @@ fn tokenizer_from_gguf_file_alignment_zero() {
 /// Non-finite scores are now a named tokenizer error.
 #[test]
 fn tokenizer_gguf_nan_scores() {
-    let path = fuzz_dir().join("findings/tokenizer_gguf/nan-scores.gguf");
+    let path = fuzz_dir().join("regressions/tokenizer_gguf/nan-scores.gguf");
     let f = target("tokenizer_gguf");
     let bytes = std::fs::read(&path).expect("readable finding");
     if let Err(e) = run_bounded("tokenizer_gguf", f, bytes) {
@@ -429,7 +429,7 @@ fn tokenizer_gguf_nan_scores() {
 /// process; an indent above 64 is now a template error.
 #[test]
 fn chat_template_tojson_huge_indent() {
-    let path = fuzz_dir().join("findings/chat_template/tojson-huge-indent.jinja");
+    let path = fuzz_dir().join("regressions/chat_template/tojson-huge-indent.jinja");
     let bytes = std::fs::read(&path).expect("readable finding");
     if let Err(e) = run_bounded("chat_template", target("chat_template"), bytes) {
         panic!("{}: {e}", path.display());
