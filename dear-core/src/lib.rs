@@ -32,7 +32,7 @@ pub mod corpus;
 mod device;
 mod error;
 pub mod eval;
-#[cfg(feature = "fuzzing")]
+// Always compiled (small): the fuzz targets in fuzz/ and tests/props.rs call it.
 #[doc(hidden)]
 pub mod fuzzing;
 mod generate;
