@@ -140,7 +140,7 @@ pub fn adapter_config(data: &[u8]) {
 }
 
 /// A GGUF file's tokenizer, read as a model load reads it (`read_content`, then
-/// [`Tokenizer::from_gguf`]), then used on a short text.
+/// `Tokenizer::from_gguf`), then used on a short text.
 pub fn tokenizer_gguf(data: &[u8]) {
     with_file("tokgguf", "model.gguf", data, |path| {
         let Ok(content) = crate::loader::read_content(path) else {
