@@ -547,11 +547,29 @@ impl Tokenizer {
     ///
     /// [`Error::Tokenizer`] when the tokenizer fails on the input.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> crate::Result<Vec<u32>> {
-        let encoding = self
-            .inner
-            .encode(text, add_special_tokens)
-            .map_err(|e| Error::tokenizer(format!("encoding with {}", self.origin), e))?;
+        let encoding = self.encode_guarded(text, add_special_tokens)?;
         Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The tokenizers crate's `encode`, with a panic inside it (a crafted tokenizer.json
+    /// whose post-processor template names a special token it does not define panics
+    /// there) turned into [`Error::Tokenizer`].
+    fn encode_guarded(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+    ) -> crate::Result<tokenizers::Encoding> {
+        let context = || format!("encoding with {}", self.origin);
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.inner.encode(text, add_special_tokens)
+        }))
+        .map_err(|_| {
+            Error::tokenizer(
+                context(),
+                "the tokenizer panicked (is tokenizer.json consistent?)",
+            )
+        })?
+        .map_err(|e| Error::tokenizer(context(), e))
     }
 
     /// The longest prefix of `text` that encodes to at most `max_tokens` tokens (no
@@ -575,10 +593,7 @@ impl Tokenizer {
             Some((i, _)) => &text[..i],
             None => text,
         };
-        let encoding = self
-            .inner
-            .encode(cut, false)
-            .map_err(|e| Error::tokenizer(format!("encoding with {}", self.origin), e))?;
+        let encoding = self.encode_guarded(cut, false)?;
         if encoding.get_ids().len() <= max_tokens && cut.len() == text.len() {
             return Ok((text, encoding.get_ids().len()));
         }
@@ -631,9 +646,17 @@ impl Tokenizer {
     ///
     /// [`Error::Tokenizer`] when the decoder fails.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> crate::Result<String> {
-        self.inner
-            .decode(ids, skip_special_tokens)
-            .map_err(|e| Error::tokenizer(format!("decoding with {}", self.origin), e))
+        let context = || format!("decoding with {}", self.origin);
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.inner.decode(ids, skip_special_tokens)
+        }))
+        .map_err(|_| {
+            Error::tokenizer(
+                context(),
+                "the tokenizer panicked (is tokenizer.json consistent?)",
+            )
+        })?
+        .map_err(|e| Error::tokenizer(context(), e))
     }
 
     /// The id of a token (including added and special tokens), if the vocabulary has it.
