@@ -559,17 +559,25 @@ impl Tokenizer {
         text: &str,
         add_special_tokens: bool,
     ) -> crate::Result<tokenizers::Encoding> {
-        let context = || format!("encoding with {}", self.origin);
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.inner.encode(text, add_special_tokens)
-        }))
-        .map_err(|_| {
-            Error::tokenizer(
-                context(),
-                "the tokenizer panicked (is tokenizer.json consistent?)",
-            )
-        })?
-        .map_err(|e| Error::tokenizer(context(), e))
+        self.guarded("encoding", || self.inner.encode(text, add_special_tokens))
+    }
+
+    /// Runs a call into the tokenizers crate, its error or a panic inside it becoming
+    /// [`Error::Tokenizer`] (`what`: "encoding", "decoding").
+    fn guarded<T>(
+        &self,
+        what: &str,
+        call: impl FnOnce() -> tokenizers::Result<T>,
+    ) -> crate::Result<T> {
+        let context = || format!("{what} with {}", self.origin);
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(call))
+            .map_err(|_| {
+                Error::tokenizer(
+                    context(),
+                    "the tokenizer panicked (is tokenizer.json consistent?)",
+                )
+            })?
+            .map_err(|e| Error::tokenizer(context(), e))
     }
 
     /// The longest prefix of `text` that encodes to at most `max_tokens` tokens (no
@@ -646,17 +654,7 @@ impl Tokenizer {
     ///
     /// [`Error::Tokenizer`] when the decoder fails.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> crate::Result<String> {
-        let context = || format!("decoding with {}", self.origin);
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.inner.decode(ids, skip_special_tokens)
-        }))
-        .map_err(|_| {
-            Error::tokenizer(
-                context(),
-                "the tokenizer panicked (is tokenizer.json consistent?)",
-            )
-        })?
-        .map_err(|e| Error::tokenizer(context(), e))
+        self.guarded("decoding", || self.inner.decode(ids, skip_special_tokens))
     }
 
     /// The id of a token (including added and special tokens), if the vocabulary has it.
