@@ -44,6 +44,11 @@ pub struct RopeConfig {
     pub scaling: RopeScaling,
 }
 
+/// The longest context a configuration may declare: 2^24 positions, the last at
+/// which an f32 position (rotary angles are computed in f32, as transformers does)
+/// is still exact. Real Llamas declare at most 131,072.
+pub(crate) const MAX_POSITIONS: usize = 1 << 24;
+
 /// A fully resolved Llama configuration: what the network is built from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
@@ -169,7 +174,7 @@ impl ModelConfig {
             (
                 "max_position_embeddings",
                 self.max_position_embeddings,
-                1 << 24,
+                MAX_POSITIONS,
             ),
         ];
         for (field, value, max) in at_most {
@@ -216,6 +221,19 @@ impl ModelConfig {
                 path,
                 "rope_theta",
                 "must be a positive number",
+            ));
+        }
+        // Each part may be in range while their combination is not (a linear factor of
+        // 1e-40 divides a frequency into infinity): every angle would be NaN.
+        let frequencies = crate::model::rope::inverse_frequencies(&self.rope, self.head_dim);
+        if let Some(bad) = frequencies.iter().find(|f| !f.is_finite()) {
+            return Err(Error::config(
+                path,
+                "rope_scaling",
+                format!(
+                    "rope_theta {} with {:?} gives a rotary frequency of {bad}",
+                    self.rope.theta, self.rope.scaling
+                ),
             ));
         }
         Ok(())
@@ -394,15 +412,38 @@ impl HfConfig {
                     Error::config(path, format!("{field}.{key}"), "missing or not a number")
                 })
         };
+        // transformers only warns about odd values; these are the ones whose
+        // frequencies would be infinite or NaN (every score NaN), so they are refused.
+        let positive = |key: &str| -> crate::Result<f32> {
+            let value = num(key)?;
+            let narrow = value as f32;
+            if narrow.is_finite() && narrow > 0.0 {
+                Ok(narrow)
+            } else {
+                Err(Error::config(
+                    path,
+                    format!("{field}.{key}"),
+                    format!("must be a finite number greater than 0, got {value}"),
+                ))
+            }
+        };
         let scaling = match rope_type {
             "default" => RopeScaling::Default,
             "linear" => RopeScaling::Linear {
-                factor: num("factor")? as f32,
+                factor: positive("factor")?,
             },
             "llama3" => {
                 let original = num("original_max_position_embeddings")?;
-                let low = num("low_freq_factor")? as f32;
-                let high = num("high_freq_factor")? as f32;
+                if !(original >= 1.0 && original <= MAX_POSITIONS as f64 && original.fract() == 0.0)
+                {
+                    return Err(Error::config(
+                        path,
+                        format!("{field}.original_max_position_embeddings"),
+                        format!("must be a whole number in 1..={MAX_POSITIONS}, got {original}"),
+                    ));
+                }
+                let low = positive("low_freq_factor")?;
+                let high = positive("high_freq_factor")?;
                 if high <= low {
                     return Err(Error::config(
                         path,
@@ -411,7 +452,7 @@ impl HfConfig {
                     ));
                 }
                 RopeScaling::Llama3 {
-                    factor: num("factor")? as f32,
+                    factor: positive("factor")?,
                     low_freq_factor: low,
                     high_freq_factor: high,
                     original_max_position_embeddings: original as usize,
@@ -472,6 +513,34 @@ mod tests {
             (r#""rms_norm_eps": -1e-6"#, "rms_norm_eps"),
             (r#""rms_norm_eps": 0.0"#, "rms_norm_eps"),
             (r#""rms_norm_eps": 1e300"#, "rms_norm_eps"),
+            (
+                r#""rope_scaling": {"type": "linear", "factor": 0.0}"#,
+                "rope_scaling.factor",
+            ),
+            (
+                r#""rope_scaling": {"type": "linear", "factor": 1e300}"#,
+                "rope_scaling.factor",
+            ),
+            (
+                r#""rope_scaling": {"type": "linear", "factor": 1e-40}"#,
+                "rope_scaling",
+            ),
+            (
+                r#""rope_parameters": {"rope_type": "llama3", "factor": -8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}"#,
+                "rope_parameters.factor",
+            ),
+            (
+                r#""rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 0.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}"#,
+                "rope_scaling.low_freq_factor",
+            ),
+            (
+                r#""rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": -1}"#,
+                "rope_scaling.original_max_position_embeddings",
+            ),
+            (
+                r#""rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192.5}"#,
+                "rope_scaling.original_max_position_embeddings",
+            ),
         ];
         for (field_json, field) in cases {
             let base = BASE.replace(r#""num_hidden_layers": 2,"#, "");

@@ -46,6 +46,16 @@ fn gguf_name(hf: &str) -> String {
 
 /// Writes tiny-gqa as a GGUF with matrices in `dtype` (norms stay f32).
 fn write_gguf(path: &std::path::Path, dtype: GgmlDType) -> TestResult {
+    write_gguf_with(path, dtype, vec![], vec![])
+}
+
+/// [`write_gguf`] with more metadata and tensors.
+fn write_gguf_with(
+    path: &std::path::Path,
+    dtype: GgmlDType,
+    extra_metadata: Vec<(&str, Value)>,
+    extra_tensors: Vec<(String, QTensor)>,
+) -> TestResult {
     let dir = fixture("tiny-gqa");
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
@@ -119,6 +129,8 @@ fn write_gguf(path: &std::path::Path, dtype: GgmlDType) -> TestResult {
         ("tokenizer.ggml.padding_token_id", Value::U32(0)),
         ("tokenizer.ggml.add_bos_token", Value::Bool(true)),
     ];
+    let metadata: Vec<(&str, Value)> = metadata.into_iter().chain(extra_metadata).collect();
+    tensors.extend(extra_tensors);
     let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
     let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut file = std::fs::File::create(path)?;
@@ -193,6 +205,97 @@ fn gguf_in_every_block_type_matches_transformers() -> TestResult {
             want_ids,
             "{dtype:?}: {text:?}"
         );
+    }
+    Ok(())
+}
+
+/// llama.cpp's `rope_freqs.weight` divides each rotary frequency (Llama-3.1 files).
+/// Divisors of 1 change nothing; a table of the wrong length or holding 0, NaN or a
+/// divisor that makes a frequency infinite is refused at load, naming the tensor, as
+/// is a linear scaling factor of 0 (every angle would be NaN).
+#[test]
+fn rope_frequency_tables_and_factors_are_checked() -> TestResult {
+    let exp = expected("tiny-gqa");
+    let packed = Batch::from_sequences(&ids(&exp["inputs"]))?;
+    let dir = tempfile::tempdir()?;
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        fixture("tiny-gqa").join("config.json"),
+    )?)?;
+    let half = cfg["head_dim"].as_u64().ok_or("head_dim")? as usize / 2;
+    let table = |values: Vec<f32>| -> Result<(String, QTensor), Box<dyn std::error::Error>> {
+        let n = values.len();
+        let t = Tensor::from_vec(values, n, &Device::Cpu)?;
+        Ok((
+            "rope_freqs.weight".to_string(),
+            QTensor::quantize(&t, GgmlDType::F32)?,
+        ))
+    };
+    let logits = |path: &std::path::Path| -> Result<Vec<f32>, Box<dyn std::error::Error>> {
+        let lm = LanguageModel::load(path, &LoadOptions::default())?;
+        let out = lm
+            .llama()
+            .forward(&packed, &mut [], Outputs::last_logits())?;
+        Ok(out
+            .logits
+            .ok_or("no logits")?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
+    };
+    let plain = dir.path().join("plain.gguf");
+    write_gguf(&plain, GgmlDType::F32)?;
+    let ones = dir.path().join("ones.gguf");
+    write_gguf_with(&ones, GgmlDType::F32, vec![], vec![table(vec![1.0; half])?])?;
+    assert_eq!(logits(&ones)?, logits(&plain)?);
+    let doubled = dir.path().join("doubled.gguf");
+    write_gguf_with(
+        &doubled,
+        GgmlDType::F32,
+        vec![],
+        vec![table(vec![2.0; half])?],
+    )?;
+    assert_ne!(
+        logits(&doubled)?,
+        logits(&plain)?,
+        "the divisors are applied"
+    );
+
+    let mut zero = vec![1.0; half];
+    zero[1] = 0.0;
+    let mut nan = vec![1.0; half];
+    nan[0] = f32::NAN;
+    let bad = [
+        (
+            "short",
+            vec![table(vec![1.0; half - 1])?],
+            vec![],
+            "rope_freqs.weight",
+        ),
+        ("zero", vec![table(zero)?], vec![], "rope_freqs.weight"),
+        ("nan", vec![table(nan)?], vec![], "rope_freqs.weight"),
+        (
+            "tiny",
+            vec![table(vec![1e-45; half])?],
+            vec![],
+            "rope_freqs.weight",
+        ),
+        (
+            "linear0",
+            vec![],
+            vec![
+                ("llama.rope.scaling.type", Value::String("linear".into())),
+                ("llama.rope.scaling.factor", Value::F32(0.0)),
+            ],
+            "llama.rope.scaling.factor",
+        ),
+    ];
+    for (name, tensors, metadata, named) in bad {
+        let path = dir.path().join(format!("{name}.gguf"));
+        write_gguf_with(&path, GgmlDType::F32, metadata, tensors)?;
+        let err = LanguageModel::load(&path, &LoadOptions::default())
+            .err()
+            .ok_or(format!("{name}: loaded"))?
+            .to_string();
+        assert!(err.contains(named), "{name}: {err}");
     }
     Ok(())
 }

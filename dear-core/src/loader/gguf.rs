@@ -387,9 +387,17 @@ impl GgufSource {
         };
         let scaling = match meta.string("llama.rope.scaling.type")? {
             None | Some("none") => RopeScaling::Default,
-            Some("linear") => RopeScaling::Linear {
-                factor: meta.f64("llama.rope.scaling.factor")?.unwrap_or(1.0) as f32,
-            },
+            Some("linear") => {
+                let factor = meta.f64("llama.rope.scaling.factor")?.unwrap_or(1.0) as f32;
+                if !(factor.is_finite() && factor > 0.0) {
+                    return Err(Error::config(
+                        p,
+                        "llama.rope.scaling.factor",
+                        format!("must be a finite number greater than 0, got {factor}"),
+                    ));
+                }
+                RopeScaling::Linear { factor }
+            }
             Some(other) => {
                 return Err(Error::config(
                     p,
@@ -465,16 +473,45 @@ impl GgufSource {
     }
 
     /// llama.cpp's `rope_freqs.weight` (Llama-3.1 frequency factors), when present.
-    pub(crate) fn rope_freq_divisors(&self) -> crate::Result<Option<Vec<f32>>> {
+    /// It must hold one finite, positive divisor per rotary frequency (`head_dim / 2`).
+    pub(crate) fn rope_freq_divisors(&self, cfg: &ModelConfig) -> crate::Result<Option<Vec<f32>>> {
+        let head_dim = cfg.head_dim;
         if !self.content.tensor_infos.contains_key("rope_freqs.weight") {
             return Ok(None);
         }
         let t = self.read("rope_freqs.weight", &Device::Cpu)?;
-        Ok(Some(
-            t.dequantize(&Device::Cpu)?
-                .flatten_all()?
-                .to_vec1::<f32>()?,
-        ))
+        let divisors = t
+            .dequantize(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        if divisors.len() != head_dim / 2 {
+            return Err(Error::corrupt(
+                &self.path,
+                format!(
+                    "tensor 'rope_freqs.weight' holds {} values, the model has {} rotary frequencies",
+                    divisors.len(),
+                    head_dim / 2
+                ),
+            ));
+        }
+        if let Some(bad) = divisors.iter().find(|d| !(d.is_finite() && **d > 0.0)) {
+            return Err(Error::corrupt(
+                &self.path,
+                format!("tensor 'rope_freqs.weight' holds {bad}; frequency divisors must be finite and greater than 0"),
+            ));
+        }
+        let frequencies = crate::model::rope::inverse_frequencies(&cfg.rope, head_dim);
+        if frequencies
+            .iter()
+            .zip(&divisors)
+            .any(|(f, d)| !(f / d).is_finite())
+        {
+            return Err(Error::corrupt(
+                &self.path,
+                "tensor 'rope_freqs.weight' makes a rotary frequency infinite",
+            ));
+        }
+        Ok(Some(divisors))
     }
 
     fn read(&self, gguf: &str, device: &Device) -> crate::Result<QTensor> {

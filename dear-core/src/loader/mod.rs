@@ -510,7 +510,7 @@ pub(crate) fn open(files: &ModelFiles, options: &LoadOptions) -> crate::Result<O
         ModelFiles::Gguf(path) => {
             let source = gguf::GgufSource::open(path, device, options.quantization())?;
             let cfg = source.config()?;
-            let freqs = source.rope_freq_divisors()?;
+            let freqs = source.rope_freq_divisors(&cfg)?;
             Ok(OpenedModel {
                 config: cfg,
                 weights: Box::new(source),
