@@ -280,7 +280,7 @@ fn run(
     mut hook: Option<&mut dyn LogitsHook>,
     on_token: &mut dyn FnMut(usize, u32) -> bool,
 ) -> crate::Result<Vec<Generation>> {
-    let ctx = model.config().max_position_embeddings;
+    let ctx = model.context_len();
     for (i, p) in prompts.iter().enumerate() {
         if p.is_empty() {
             return Err(Error::EmptyInput(format!("prompt {i} has no tokens")));

@@ -80,6 +80,11 @@ impl LanguageModel {
     /// a hub id that is not cached while offline; [`Error::InvalidArgument`] for a
     /// path that is not UTF-8.
     pub fn load(spec: impl AsRef<std::path::Path>, options: &LoadOptions) -> crate::Result<Self> {
+        if options.max_context() == 0 {
+            return Err(Error::InvalidArgument(
+                "max_context must be at least 1 token".into(),
+            ));
+        }
         let spec = spec.as_ref();
         let spec = spec.to_str().ok_or_else(|| {
             Error::InvalidArgument(format!(
@@ -168,7 +173,7 @@ impl LanguageModel {
                 }
             }
         }
-        let llama = Llama::load(
+        let mut llama = Llama::load(
             weights.as_ref(),
             opened.config,
             opened.rope_freq_divisors.as_deref(),
@@ -177,6 +182,7 @@ impl LanguageModel {
             &unmerged,
             options.quantized_matmul(),
         )?;
+        llama.cap_context(options.max_context());
         if tokenizer.vocab_size() > llama.config().vocab_size {
             tracing::warn!(
                 tokenizer = tokenizer.vocab_size(),
@@ -215,7 +221,7 @@ impl LanguageModel {
         if text.is_empty() {
             return Err(Error::EmptyInput("the prompt is empty".into()));
         }
-        let context = self.llama.config().max_position_embeddings;
+        let context = self.llama.context_len();
         self.tokenizer.check_fits(text, context, "a prompt")?;
         let ids = self.tokenizer.encode(text, true)?;
         if ids.is_empty() {
@@ -255,7 +261,7 @@ impl LanguageModel {
             ))
         })?;
         let text = template.render(messages, add_generation_prompt)?;
-        let context = self.llama.config().max_position_embeddings;
+        let context = self.llama.context_len();
         self.tokenizer
             .check_fits(&text, context, "a rendered chat prompt")?;
         self.tokenizer.encode(&text, false)

@@ -61,6 +61,7 @@ pub use crate::language_model::{
 };
 pub use crate::loader::{
     AdapterMode, AdapterSpec, HubOptions, LoadOptions, Quantization, QuantizedMatmul, WeightDType,
+    DEFAULT_MAX_CONTEXT,
 };
 pub use crate::model::{AdapterId, ForwardOptions, ForwardOutput, KvCache, Llama, Outputs, Select};
 pub use crate::pipeline::{

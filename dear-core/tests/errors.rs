@@ -248,3 +248,65 @@ fn default_model_loads() {
     let lm = default_model();
     assert_eq!(lm.llama().config().num_layers, 30);
 }
+
+/// `LoadOptions::with_max_context` bounds every sequence: forward passes past it are
+/// refused, generation stops when the context is full, long prompts are refused by
+/// bytes before tokenizing. The declared context stays the ceiling; 0 is refused.
+#[test]
+fn the_context_cap_bounds_every_sequence() -> TestResult {
+    let dir = fixture("tiny-gqa");
+    let declared = load_dir(&dir)?;
+    assert_eq!(declared.llama().config().max_position_embeddings, 128);
+    assert_eq!(
+        declared.llama().context_len(),
+        128,
+        "the default cap is above 128"
+    );
+    let wide = LanguageModel::load(&dir, &LoadOptions::default().with_max_context(1 << 20))?;
+    assert_eq!(
+        wide.llama().context_len(),
+        128,
+        "never above the declared context"
+    );
+
+    let lm = LanguageModel::load(&dir, &LoadOptions::default().with_max_context(16))?;
+    assert_eq!(lm.llama().context_len(), 16);
+    let run = |n: usize| {
+        let batch = dear_core::Batch::from_sequences(&[vec![5u32; n]])?;
+        lm.llama()
+            .forward(&batch, &mut [], dear_core::Outputs::last_logits())
+            .map(drop)
+    };
+    run(16)?;
+    match run(17) {
+        Err(Error::ContextOverflow { tokens, max, .. }) => assert_eq!((tokens, max), (17, 16)),
+        other => panic!("17 tokens under a cap of 16: {other:?}"),
+    }
+    let out = lm.generate(
+        &[5u32; 10],
+        &GenerateOptions::default()
+            .with_max_new_tokens(100)
+            .with_stop_tokens(Vec::new()),
+        &mut |_| true,
+    )?;
+    assert_eq!(out.finish, dear_core::FinishReason::ContextFull);
+    assert!(
+        10 + out.tokens.len() <= 16,
+        "{} tokens generated",
+        out.tokens.len()
+    );
+    let err = lm
+        .plain_prompt(&"word ".repeat(100_000))
+        .err()
+        .ok_or("accepted")?;
+    assert!(
+        err.to_string().contains("refused before tokenizing"),
+        "{err}"
+    );
+
+    let err = LanguageModel::load(&dir, &LoadOptions::default().with_max_context(0))
+        .err()
+        .ok_or("a cap of 0 loaded")?;
+    assert!(err.to_string().contains("max_context"), "{err}");
+    Ok(())
+}

@@ -186,7 +186,14 @@ pub struct LoadOptions {
     quantized_matmul: QuantizedMatmul,
     hub: HubOptions,
     adapters: Vec<AdapterSpec>,
+    max_context: Option<usize>,
 }
+
+/// The context [`LoadOptions`] allow by default: 32,768 tokens, four times what a
+/// DeAR listwise window of 20 passages needs. Memory grows with the tokens a sequence
+/// holds (an 8B Llama's f32 KV cache alone takes 128 KiB per token), so a model that
+/// declares 131,072 positions is not run that far unless the caller asks.
+pub const DEFAULT_MAX_CONTEXT: usize = 32_768;
 
 /// How a LoRA adapter is applied (see `crate::lora`, which applies it; the mode is
 /// chosen here, with the adapter, in [`LoadOptions`]).
@@ -305,6 +312,30 @@ impl LoadOptions {
     /// The hub settings.
     pub fn hub(&self) -> &HubOptions {
         &self.hub
+    }
+
+    /// Caps the positions one sequence may use at `tokens` (prompt, generated tokens
+    /// and KV cache together); a model that declares fewer keeps its own. Default:
+    /// [`DEFAULT_MAX_CONTEXT`]. Prompts past the cap are refused with
+    /// [`Error::ContextOverflow`] (by byte length before tokenizing when they are far
+    /// past it), so a hostile or careless prompt cannot grow memory without bound.
+    /// Loading fails for 0.
+    ///
+    /// ```
+    /// use dear_core::LoadOptions;
+    /// let options = LoadOptions::default().with_max_context(131_072);
+    /// assert_eq!(options.max_context(), 131_072);
+    /// assert_eq!(LoadOptions::default().max_context(), dear_core::DEFAULT_MAX_CONTEXT);
+    /// ```
+    #[must_use]
+    pub fn with_max_context(mut self, tokens: usize) -> Self {
+        self.max_context = Some(tokens);
+        self
+    }
+
+    /// The context cap.
+    pub fn max_context(&self) -> usize {
+        self.max_context.unwrap_or(DEFAULT_MAX_CONTEXT)
     }
 }
 

@@ -177,6 +177,9 @@ enum Embedding {
 #[derive(Debug)]
 pub struct Llama {
     cfg: ModelConfig,
+    /// The most positions a sequence may use: the declared context, or less
+    /// ([`crate::LoadOptions::with_max_context`]).
+    context: usize,
     embed_tokens: Embedding,
     layers: Vec<Block>,
     norm: RmsNorm,
@@ -399,6 +402,7 @@ impl Llama {
         }
         let rope = Rope::new(&cfg.rope, cfg.head_dim, rope_freq_divisors);
         Ok(Self {
+            context: cfg.max_position_embeddings,
             cfg,
             embed_tokens,
             layers,
@@ -415,6 +419,19 @@ impl Llama {
     /// The resolved configuration.
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    /// The most tokens (positions) one sequence may hold, its KV cache included: the
+    /// declared `max_position_embeddings`, capped by
+    /// [`crate::LoadOptions::with_max_context`]. A longer sequence is refused with
+    /// [`Error::ContextOverflow`] before any work.
+    pub fn context_len(&self) -> usize {
+        self.context
+    }
+
+    /// Caps [`Llama::context_len`] at `max` positions (never above the declared context).
+    pub(crate) fn cap_context(&mut self, max: usize) {
+        self.context = self.cfg.max_position_embeddings.min(max);
     }
 
     /// The device the weights live on.
@@ -480,7 +497,7 @@ impl Llama {
                 batch.num_sequences()
             )));
         }
-        let max = self.cfg.max_position_embeddings;
+        let max = self.context;
         if batch.max_position() > max {
             return Err(Error::ContextOverflow {
                 what: "a sequence of the batch".into(),

@@ -414,7 +414,7 @@ impl ListwiseRanker {
             IdBase::Zero => 0,
         };
         let tok = self.lm.tokenizer();
-        let ctx = self.lm.llama().config().max_position_embeddings;
+        let ctx = self.lm.llama().context_len();
         let budget = self.config.max_new_tokens.max(8 * n);
         // Constrained throughout: no stop tokens, no length limit but the hook's.
         let opts = GenerateOptions::default()

@@ -89,6 +89,11 @@ struct ModelArgs {
     /// Hub revision (branch, tag or commit) for hub ids.
     #[arg(long)]
     revision: Option<String>,
+    /// The most tokens one sequence may hold (prompt and generated tokens); a model
+    /// that declares fewer keeps its own. Memory grows with it.
+    #[arg(long, default_value_t = dear::dear_core::DEFAULT_MAX_CONTEXT,
+          value_parser = clap::value_parser!(u32).range(1..=1 << 24).map(|v| v as usize))]
+    max_context: usize,
 }
 
 impl ModelArgs {
@@ -103,6 +108,7 @@ impl ModelArgs {
             .with_dtype(self.dtype.unwrap_or(WeightDType::default_for(self.device)))
             .with_quantization(self.quant)
             .with_quantized_matmul(self.kernel)
+            .with_max_context(self.max_context)
             .with_hub(hub)
     }
 
