@@ -7,6 +7,8 @@
 //! before a token is chosen: it can change them (mask tokens out), choose the next
 //! tokens itself, or end the sequence. Constrained listwise decoding is such a hook.
 
+use std::time::Instant;
+
 use candle_core::{DType, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling as CandleSampling};
 
@@ -45,6 +47,7 @@ pub struct GenerateOptions {
     sampling: Sampling,
     stop_tokens: Option<Vec<u32>>,
     adapter: Option<AdapterId>,
+    deadline: Option<Instant>,
 }
 
 impl Default for GenerateOptions {
@@ -54,6 +57,7 @@ impl Default for GenerateOptions {
             sampling: Sampling::Greedy,
             stop_tokens: None,
             adapter: None,
+            deadline: None,
         }
     }
 }
@@ -86,6 +90,20 @@ impl GenerateOptions {
     pub fn with_adapter(mut self, adapter: Option<AdapterId>) -> Self {
         self.adapter = adapter;
         self
+    }
+
+    /// Gives up at `deadline` with [`Error::DeadlineExceeded`]: checked before each
+    /// decoding step and between the layers of every forward pass (the prompt's
+    /// included), so a long prompt cannot run far past it. Default: none.
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// The deadline, if any.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
     }
 
     /// The adapter used.
@@ -311,8 +329,14 @@ fn run(
     // Indices (into `prompts`) of the sequences still running, and their last logits.
     let mut active: Vec<usize> = (0..prompts.len()).collect();
     let batch = Batch::from_sequences(prompts)?;
-    let mut logits = last_logits(model, &batch, &mut caches, options.adapter)?;
+    let started = Instant::now();
+    let deadline = options.deadline;
+    let late = move || deadline.is_some_and(|d| Instant::now() >= d);
+    let mut logits = last_logits(model, &batch, &mut caches, options.adapter, &late, started)?;
     loop {
+        if late() {
+            return Err(Error::deadline("generation", started));
+        }
         let mut next_active = Vec::with_capacity(active.len());
         let mut next_tokens = Vec::with_capacity(active.len());
         for (row, &seq) in active.iter().enumerate() {
@@ -365,7 +389,14 @@ fn run(
             batch.push(tokens, caches[seq].len())?;
             step_caches.push(std::mem::take(&mut caches[seq]));
         }
-        let step = last_logits(model, &batch, &mut step_caches, options.adapter);
+        let step = last_logits(
+            model,
+            &batch,
+            &mut step_caches,
+            options.adapter,
+            &late,
+            started,
+        );
         for (&seq, cache) in next_active.iter().zip(step_caches) {
             caches[seq] = cache;
         }
@@ -414,9 +445,16 @@ fn last_logits(
     batch: &Batch,
     caches: &mut [KvCache],
     adapter: Option<AdapterId>,
+    late: &(dyn Fn() -> bool + Sync),
+    started: Instant,
 ) -> crate::Result<Tensor> {
-    let options = ForwardOptions::default().with_adapter(adapter);
-    let out = model.forward_with(batch, caches, Outputs::last_logits(), options)?;
+    let options = ForwardOptions::default()
+        .with_adapter(adapter)
+        .with_interrupt(late);
+    let out = match model.forward_with(batch, caches, Outputs::last_logits(), options) {
+        Err(Error::Cancelled) => return Err(Error::deadline("generation", started)),
+        other => other?,
+    };
     out.logits
         .ok_or_else(|| Error::InvalidArgument("the model returned no logits".into()))
 }

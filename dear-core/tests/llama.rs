@@ -201,3 +201,49 @@ fn quantized_at_load_tracks_reference() -> TestResult {
     }
     Ok(())
 }
+
+/// `ForwardOptions::with_interrupt` is polled before every layer and stops the pass at
+/// the first `true`; a generation deadline stops even the prompt's pass.
+#[test]
+fn an_interrupt_stops_a_pass_between_layers() -> TestResult {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let lm = load("tiny-gqa", &LoadOptions::default());
+    let layers = lm.llama().config().num_layers;
+    assert!(layers >= 2);
+    let batch = Batch::from_sequences(&[vec![5u32, 6, 7]])?;
+    let run = |stop_at: usize| {
+        let polls = AtomicUsize::new(0);
+        let interrupt = || polls.fetch_add(1, Ordering::Relaxed) + 1 >= stop_at;
+        let options = dear_core::ForwardOptions::default().with_interrupt(&interrupt);
+        let result = lm
+            .llama()
+            .forward_with(&batch, &mut [], Outputs::last_logits(), options);
+        (result, polls.load(Ordering::Relaxed))
+    };
+    let (done, polls) = run(usize::MAX);
+    done?;
+    assert_eq!(polls, layers, "polled once per layer");
+    for stop_at in [1, layers] {
+        let (stopped, polls) = run(stop_at);
+        assert!(
+            matches!(stopped, Err(dear_core::Error::Cancelled)),
+            "{stopped:?}"
+        );
+        assert_eq!(polls, stop_at, "stopped at the first true");
+    }
+
+    let past = std::time::Instant::now();
+    let err = lm
+        .generate(
+            &[5, 6, 7],
+            &GenerateOptions::default().with_deadline(past),
+            &mut |_| true,
+        )
+        .err()
+        .ok_or("generated past the deadline")?;
+    assert!(
+        matches!(err, dear_core::Error::DeadlineExceeded { .. }),
+        "{err}"
+    );
+    Ok(())
+}

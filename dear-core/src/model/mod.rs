@@ -134,10 +134,21 @@ pub struct ForwardOutput {
 pub struct AdapterId(pub(crate) usize);
 
 /// Per-call options of [`Llama::forward_with`].
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Default)]
 pub struct ForwardOptions<'a> {
     adapter: Option<AdapterId>,
     prefixes: Option<(&'a [KvCache], &'a [usize])>,
+    interrupt: Option<&'a (dyn Fn() -> bool + Sync)>,
+}
+
+impl std::fmt::Debug for ForwardOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForwardOptions")
+            .field("adapter", &self.adapter)
+            .field("prefixes", &self.prefixes)
+            .field("interrupt", &self.interrupt.is_some())
+            .finish()
+    }
 }
 
 impl<'a> ForwardOptions<'a> {
@@ -154,6 +165,25 @@ impl<'a> ForwardOptions<'a> {
     #[must_use]
     pub fn with_prefixes(mut self, caches: &'a [KvCache], of_sequence: &'a [usize]) -> Self {
         self.prefixes = Some((caches, of_sequence));
+        self
+    }
+
+    /// Polled before each decoder layer: when it returns `true` the pass stops with
+    /// [`Error::Cancelled`], so a deadline or a cancelled call costs at most one layer
+    /// of work, not a whole pass. The KV caches of a stopped pass hold some layers'
+    /// keys and not others': drop them.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use dear_core::ForwardOptions;
+    /// let deadline = Instant::now() + Duration::from_millis(50);
+    /// let late = move || Instant::now() >= deadline;
+    /// let options = ForwardOptions::default().with_interrupt(&late);
+    /// # let _ = options;
+    /// ```
+    #[must_use]
+    pub fn with_interrupt(mut self, interrupt: &'a (dyn Fn() -> bool + Sync)) -> Self {
+        self.interrupt = Some(interrupt);
         self
     }
 }
@@ -615,6 +645,9 @@ impl Llama {
         let n = batch.num_sequences();
         let pack = PackInfo::new((0..n).map(|i| batch.range(i)).collect())?;
         for (l, block) in self.layers.iter().enumerate() {
+            if options.interrupt.is_some_and(|stop| stop()) {
+                return Err(Error::Cancelled);
+            }
             x = block.forward(&x, &tables, &pack, caches, l, &ctx)?;
         }
         for (i, cache) in caches.iter_mut().enumerate() {

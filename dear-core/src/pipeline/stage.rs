@@ -137,8 +137,8 @@ impl PointwiseStage for PointwiseScorer {
         }
         let encoded = self.encode(query, passages)?;
         let tokens = encoded.tokens();
-        let mut late = || deadline.is_some_and(|d| Instant::now() >= d);
-        let scores = match self.score_encoded(&[&encoded], &mut late) {
+        let late = || deadline.is_some_and(|d| Instant::now() >= d);
+        let scores = match self.score_encoded(&[&encoded], &late) {
             Ok(mut all) => all
                 .pop()
                 .ok_or_else(|| Error::Internal("no scores for the query".into()))?,

@@ -343,9 +343,12 @@ impl ListwiseRanker {
         }
         let order = match mode {
             ListwiseMode::Generate => {
-                let opts = GenerateOptions::default()
+                let mut opts = GenerateOptions::default()
                     .with_max_new_tokens(self.config.max_new_tokens)
                     .with_adapter(self.adapter);
+                if let Some(d) = deadline {
+                    opts = opts.with_deadline(d);
+                }
                 let mut stop_early = |_: usize, _: u32| deadline.is_none_or(|d| Instant::now() < d);
                 let out = generate(
                     self.lm.llama(),
@@ -353,7 +356,8 @@ impl ListwiseRanker {
                     &opts,
                     self.lm.tokenizer().end_token_ids(),
                     &mut stop_early,
-                )?
+                )
+                .map_err(|e| listwise_deadline(e, started))?
                 .pop()
                 .ok_or_else(|| Error::Internal("generation returned nothing".into()))?;
                 if out.finish == crate::FinishReason::Cancelled {
@@ -376,20 +380,37 @@ impl ListwiseRanker {
             ListwiseMode::Constrained => {
                 self.constrained(prompt, n, base, deadline, started, &mut report)?
             }
-            ListwiseMode::FirstToken => self.first_token(prompt, n, base, &mut report)?,
+            ListwiseMode::FirstToken => {
+                self.first_token(prompt, n, base, deadline, started, &mut report)?
+            }
         };
         Ok((order, report))
     }
 
-    fn step(&self, cache: &mut KvCache, tokens: &[u32]) -> crate::Result<Tensor> {
+    /// One forward pass continuing `cache`, stopped between layers at `deadline`.
+    fn step(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        deadline: Option<Instant>,
+        started: Instant,
+    ) -> crate::Result<Tensor> {
         let mut batch = Batch::new();
         batch.push(tokens, cache.len())?;
-        let out = self.lm.llama().forward_with(
+        let late = || deadline.is_some_and(|d| Instant::now() >= d);
+        let out = match self.lm.llama().forward_with(
             &batch,
             std::slice::from_mut(cache),
             Outputs::last_logits(),
-            ForwardOptions::default().with_adapter(self.adapter),
-        )?;
+            ForwardOptions::default()
+                .with_adapter(self.adapter)
+                .with_interrupt(&late),
+        ) {
+            Err(Error::Cancelled) => {
+                return Err(Error::deadline("listwise first-token scoring", started))
+            }
+            other => other?,
+        };
         let logits = out
             .logits
             .ok_or_else(|| Error::Internal("the forward pass returned no logits".into()))?;
@@ -417,10 +438,13 @@ impl ListwiseRanker {
         let ctx = self.lm.llama().context_len();
         let budget = self.config.max_new_tokens.max(8 * n);
         // Constrained throughout: no stop tokens, no length limit but the hook's.
-        let opts = GenerateOptions::default()
+        let mut opts = GenerateOptions::default()
             .with_max_new_tokens(usize::MAX)
             .with_stop_tokens(Vec::new())
             .with_adapter(self.adapter);
+        if let Some(d) = deadline {
+            opts = opts.with_deadline(d);
+        }
         let run = |max_reasoning_tokens: usize| {
             let limits = Limits {
                 prompt_len: prompt.len(),
@@ -439,7 +463,8 @@ impl ListwiseRanker {
                 &[],
                 &mut hook,
                 &mut |_, _| true,
-            )?
+            )
+            .map_err(|e| listwise_deadline(e, started))?
             .pop()
             .ok_or_else(|| Error::InvalidArgument("generation returned nothing".into()))?;
             Ok::<_, Error>((hook.answer, hook.reasoning, hook.restart, out.tokens.len()))
@@ -475,6 +500,8 @@ impl ListwiseRanker {
         prompt: Vec<u32>,
         n: usize,
         base: IdBase,
+        deadline: Option<Instant>,
+        started: Instant,
         report: &mut WindowReport,
     ) -> crate::Result<Vec<usize>> {
         let tok = self.lm.tokenizer();
@@ -499,7 +526,10 @@ impl ListwiseRanker {
         let mut caches: BTreeMap<Vec<u32>, KvCache> = BTreeMap::new();
         let mut dists: BTreeMap<Vec<u32>, Vec<f32>> = BTreeMap::new();
         let mut root = KvCache::new();
-        dists.insert(Vec::new(), log_softmax(&self.step(&mut root, &input)?)?);
+        dists.insert(
+            Vec::new(),
+            log_softmax(&self.step(&mut root, &input, deadline, started)?)?,
+        );
         caches.insert(Vec::new(), root);
         // The continuations of every proper prefix of the ids' token sequences.
         let mut children: BTreeMap<Vec<u32>, BTreeSet<u32>> = BTreeMap::new();
@@ -520,7 +550,7 @@ impl ListwiseRanker {
                 .map(|(k, c)| Ok::<_, Error>((k.len(), c.try_clone()?)))
                 .transpose()?
                 .ok_or_else(|| Error::Internal("no cache for the prefix".into()))?;
-            let d = log_softmax(&self.step(&mut cache, &prefix[known..])?)?;
+            let d = log_softmax(&self.step(&mut cache, &prefix[known..], deadline, started)?)?;
             dists.insert(prefix.clone(), d);
             caches.insert(prefix.clone(), cache);
         }
@@ -567,4 +597,12 @@ fn answer_vocab(lm: &LanguageModel) -> crate::Result<AnswerVocab> {
         ));
     }
     Ok(AnswerVocab { tokens })
+}
+
+/// A deadline inside generation, reported as the listwise stage's.
+fn listwise_deadline(e: Error, started: Instant) -> Error {
+    match e {
+        Error::DeadlineExceeded { .. } => Error::deadline("listwise generation", started),
+        other => other,
+    }
 }

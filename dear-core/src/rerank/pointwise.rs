@@ -374,17 +374,17 @@ impl PointwiseScorer {
             return Ok(Vec::new());
         }
         let enc = self.encode(query, passages)?;
-        let mut out = self.score_encoded(&[&enc], &mut || false)?;
+        let mut out = self.score_encoded(&[&enc], &|| false)?;
         out.pop()
             .ok_or_else(|| Error::InvalidArgument("no scores".into()))
     }
 
     /// Scores several encoded queries together: all their passages are packed into
-    /// shared batches. `cancelled` is polled between batches.
+    /// shared batches. `cancelled` is polled between batches and layers.
     pub(crate) fn score_encoded(
         &self,
         queries: &[&EncodedQuery],
-        cancelled: &mut dyn FnMut() -> bool,
+        cancelled: &(dyn Fn() -> bool + Sync),
     ) -> crate::Result<Vec<Vec<f32>>> {
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); queries.len()];
         self.score_encoded_each(queries, cancelled, &mut |qi, scores| out[qi] = scores)?;
@@ -398,7 +398,7 @@ impl PointwiseScorer {
     pub(crate) fn score_encoded_each(
         &self,
         queries: &[&EncodedQuery],
-        cancelled: &mut dyn FnMut() -> bool,
+        cancelled: &(dyn Fn() -> bool + Sync),
         done: &mut dyn FnMut(usize, Vec<f32>),
     ) -> crate::Result<()> {
         let mut out: Vec<Vec<f32>> = queries
@@ -452,7 +452,7 @@ impl PointwiseScorer {
                 end += 1;
             }
             let chunk = &items[start..end];
-            let scores = self.run_batch(queries, &prefixes, chunk)?;
+            let scores = self.run_batch(queries, &prefixes, chunk, cancelled)?;
             if let Some((k, s)) = scores.iter().enumerate().find(|(_, s)| !s.is_finite()) {
                 let (qi, pi, _) = chunk[k];
                 return Err(Error::NonFinite(format!(
@@ -488,6 +488,7 @@ impl PointwiseScorer {
         queries: &[&EncodedQuery],
         prefixes: &[KvCache],
         chunk: &[(usize, usize, usize)],
+        cancelled: &(dyn Fn() -> bool + Sync),
     ) -> crate::Result<Vec<f32>> {
         let mut batch = Batch::new();
         let mut of_sequence = Vec::with_capacity(chunk.len());
@@ -500,7 +501,9 @@ impl PointwiseScorer {
                 batch.push(&q.full(pi), 0)?;
             }
         }
-        let mut options = ForwardOptions::default().with_adapter(self.adapter);
+        let mut options = ForwardOptions::default()
+            .with_adapter(self.adapter)
+            .with_interrupt(cancelled);
         if self.config.share_prefix {
             options = options.with_prefixes(prefixes, &of_sequence);
         }

@@ -207,10 +207,10 @@ fn run(scorer: &PointwiseScorer, receiver: &Receiver<Job>, counters: &Counters) 
             .passages
             .fetch_add(passages as u64, Ordering::Relaxed);
         let flags: Vec<Arc<AtomicBool>> = jobs.iter().map(|j| j.cancelled.clone()).collect();
-        let mut all_cancelled = || flags.iter().all(|f| f.load(Ordering::Relaxed));
+        let all_cancelled = || flags.iter().all(|f| f.load(Ordering::Relaxed));
         // Each call is answered as soon as its own passages are scored.
         let mut answered = vec![false; jobs.len()];
-        let result = scorer.score_encoded_each(&encoded, &mut all_cancelled, &mut |qi, s| {
+        let result = scorer.score_encoded_each(&encoded, &all_cancelled, &mut |qi, s| {
             answered[qi] = true;
             let _ = jobs[qi].reply.send(Ok(s));
         });
