@@ -12,11 +12,14 @@
 //!   candidate counts, pointwise + listwise searches, `Reranker::rank` calls, the cache
 //!   on and off, tiny deadlines, and bad inputs that must be refused), sampling VmRSS
 //!   every `--sample-secs` as CSV. It starts with a warm-up pass (every thread runs
-//!   each kind of operation at its largest size, all at once), then runs the mix; it
-//!   compares the RSS in a window after warm-up (from the later of the pass's end and
-//!   10 % of the run) with the last window of the run (each 10 % of the run): the
-//!   floors (minimum samples) decide, medians and the peak are printed too; exits 1
-//!   if the floor grew 5 % or more, or if any call misbehaved.
+//!   each kind of operation at its largest size, all at once), then runs the mix.
+//!   Every `--idle-every` seconds the workers finish their operation and wait while
+//!   one idle sample is taken: the same state each time, with no operation's buffers
+//!   alive. The verdict compares the first idle samples after warm-up (the later of
+//!   the pass's end and 10 % of the run) with the last ones; the busy samples' floors
+//!   and medians in a window after warm-up and the last window (each 10 % of the run),
+//!   and the peak, are printed too. Exits 1 if the idle RSS grew 5 % or more (the
+//!   busy floor when there are fewer than 4 idle samples), or if any call misbehaved.
 //!
 //! ```text
 //! bash scripts/fetch-model.sh
@@ -108,6 +111,11 @@ struct Args {
     /// Also write the RSS samples to this CSV file.
     #[arg(long)]
     csv: Option<PathBuf>,
+    /// Every this many seconds (rss mode; 0: never) the workers finish their current
+    /// operation and wait while one idle sample is taken: the RSS with no operation's
+    /// buffers alive, the same state each time, which decides the verdict.
+    #[arg(long, default_value_t = 120.0)]
+    idle_every: f64,
 }
 
 fn default_dataset() -> PathBuf {
@@ -816,7 +824,7 @@ fn rss_mode(args: &Args, dataset: &Path) -> anyhow::Result<bool> {
         }
         None => None,
     };
-    let header = format!("elapsed_s,rss_kib,{TALLY_HEADER}");
+    let header = format!("elapsed_s,rss_kib,{TALLY_HEADER},idle");
     println!("{header}");
     if let Some(f) = &mut csv {
         writeln!(f, "{header}")?;
@@ -837,6 +845,10 @@ fn rss_mode(args: &Args, dataset: &Path) -> anyhow::Result<bool> {
     };
     let started = Instant::now();
     let mut samples: Vec<(f64, u64)> = Vec::new();
+    // Idle samples: every worker between two operations, waiting.
+    let mut idle_samples: Vec<(f64, u64)> = Vec::new();
+    let pause = AtomicBool::new(false);
+    let idle = std::sync::atomic::AtomicUsize::new(0);
     // The warm-up pass: every thread runs each kind of operation at its largest size
     // at the same time (half of them on the cached reranker), so the memory the mix
     // can need at once is reached before the growth is measured from.
@@ -846,6 +858,7 @@ fn rss_mode(args: &Args, dataset: &Path) -> anyhow::Result<bool> {
         let workers: Vec<_> = (0..args.threads)
             .map(|t| {
                 let (work, stop, barrier, warm_done_ms) = (&work, &stop, &barrier, &warm_done_ms);
+                let (pause, idle) = (&pause, &idle);
                 s.spawn(move || {
                     let mut rng = Rng(0x50a4 + t as u64);
                     for kind in KINDS {
@@ -857,6 +870,14 @@ fn rss_mode(args: &Args, dataset: &Path) -> anyhow::Result<bool> {
                         warm_done_ms.store(ms.try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
                     }
                     while !stop.load(Ordering::Relaxed) {
+                        if pause.load(Ordering::Acquire) {
+                            idle.fetch_add(1, Ordering::AcqRel);
+                            while pause.load(Ordering::Acquire) && !stop.load(Ordering::Relaxed) {
+                                std::thread::sleep(Duration::from_millis(5));
+                            }
+                            idle.fetch_sub(1, Ordering::AcqRel);
+                            continue;
+                        }
                         work.step(&mut rng, None);
                     }
                 })
@@ -882,11 +903,34 @@ fn rss_mode(args: &Args, dataset: &Path) -> anyhow::Result<bool> {
                 eprintln!("warm-up pass ended at {:.1} s", done as f64 / 1000.0);
             }
             samples.push((at.as_secs_f64(), rss));
-            let line = format!("{:.1},{rss},{}", at.as_secs_f64(), tally.line());
+            let line = format!("{:.1},{rss},{},0", at.as_secs_f64(), tally.line());
             println!("{line}");
             if let Some(f) = &mut csv {
                 writeln!(f, "{line}")?;
                 f.flush()?;
+            }
+            if args.idle_every > 0.0
+                && done != u64::MAX
+                && at.as_secs_f64() >= args.idle_every * (idle_samples.len() + 1) as f64
+            {
+                // Let every worker finish its operation, then sample the idle process.
+                pause.store(true, Ordering::Release);
+                while idle.load(Ordering::Acquire) < args.threads
+                    && !workers.iter().any(|w| w.is_finished())
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                std::thread::sleep(Duration::from_millis(500));
+                let at = started.elapsed().as_secs_f64();
+                let rss = vm_rss_kib();
+                pause.store(false, Ordering::Release);
+                idle_samples.push((at, rss));
+                let line = format!("{at:.1},{rss},{},1", tally.line());
+                println!("{line}");
+                if let Some(f) = &mut csv {
+                    writeln!(f, "{line}")?;
+                    f.flush()?;
+                }
             }
             if workers.iter().any(|w| w.is_finished()) {
                 stop.store(true, Ordering::Relaxed);
@@ -961,7 +1005,44 @@ fn rss_mode(args: &Args, dataset: &Path) -> anyhow::Result<bool> {
         args.max_growth,
         pct(warm_med, last_med)
     );
-    let ok = growth < args.max_growth && bad == 0;
+    // Idle samples are the same state each time (no operation running, every
+    // transient buffer freed): a leak, or an allocator that keeps more and more, raises
+    // them. The verdict compares the first idle samples after the warm-up with the last
+    // ones (the median of up to three each); without idle samples, the floors decide.
+    let idle_after: Vec<u64> = idle_samples
+        .iter()
+        .filter(|s| s.0 >= from)
+        .map(|s| s.1)
+        .collect();
+    let median3 = |w: &[u64]| {
+        let mut w = w.to_vec();
+        w.sort_unstable();
+        w[w.len() / 2]
+    };
+    let decided = if idle_after.len() >= 4 {
+        let k = (idle_after.len() / 2).min(3);
+        let (first, last) = (
+            median3(&idle_after[..k]),
+            median3(&idle_after[idle_after.len() - k..]),
+        );
+        let idle_growth = pct(first, last);
+        println!(
+            "rss: idle samples after warm-up ({} from {from:.0} s, every {:.0} s): {}; first \
+             {first} KiB, last {last} KiB: growth {idle_growth:+.2} % (limit {} %)",
+            idle_after.len(),
+            args.idle_every,
+            idle_after
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(" "),
+            args.max_growth
+        );
+        idle_growth
+    } else {
+        growth
+    };
+    let ok = decided < args.max_growth && bad == 0;
     println!("rss: {}", if ok { "PASS" } else { "FAIL" });
     Ok(ok)
 }
