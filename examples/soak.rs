@@ -909,10 +909,13 @@ fn rss_mode(args: &Args, dataset: &Path) -> anyhow::Result<bool> {
                 writeln!(f, "{line}")?;
                 f.flush()?;
             }
-            if args.idle_every > 0.0
-                && done != u64::MAX
-                && at.as_secs_f64() >= args.idle_every * (idle_samples.len() + 1) as f64
-            {
+            // The first idle sample follows the warm-up pass; the next ones come
+            // `--idle-every` seconds after the previous one ended (not on a fixed grid, so
+            // a late pass or a slow wait never makes several in a row).
+            let next_idle = idle_samples
+                .last()
+                .map_or(done as f64 / 1000.0, |s: &(f64, u64)| s.0 + args.idle_every);
+            if args.idle_every > 0.0 && done != u64::MAX && at.as_secs_f64() >= next_idle {
                 // Let every worker finish its operation, then sample the idle process.
                 pause.store(true, Ordering::Release);
                 while idle.load(Ordering::Acquire) < args.threads
