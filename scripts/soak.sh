@@ -24,6 +24,7 @@
 #
 #   bash scripts/soak.sh
 #   SOAK_PARTS="equal-on rss" SOAK_MINUTES=5 bash scripts/soak.sh
+#   SOAK_PARTS=rss SOAK_MINUTES=45 SOAK_WARMUP=10 bash scripts/soak.sh   # growth from minute 10
 set -euo pipefail
 cd "$(dirname "$0")/.."
 parts=${SOAK_PARTS:-equal-on equal-off equal-off-real rss}
@@ -68,7 +69,8 @@ for part in $parts; do
       run equal-off-real --mode equal --threads "$threads" --searches 3 --cache off \
         --queries 24 --candidates 10 ;;
     rss)
-      run rss --mode rss --threads 4 --minutes "$minutes" --queries 64 --csv "$out/rss.csv" ;;
+      run rss --mode rss --threads 4 --minutes "$minutes" --queries 64 --csv "$out/rss.csv" \
+        ${SOAK_WARMUP:+--warmup-minutes "$SOAK_WARMUP"} ;;
     *) echo "unknown part '$part' (equal-on, equal-off, equal-off-real, rss)" >&2; exit 2 ;;
   esac
 done
