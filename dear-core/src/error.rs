@@ -205,6 +205,19 @@ impl Error {
         }
     }
 
+    /// A pass stopped by a deadline interrupt ([`Error::Cancelled`]) as
+    /// [`Error::DeadlineExceeded`] for `what`; any other error unchanged.
+    pub(crate) fn cancelled_as_deadline(
+        self,
+        what: impl FnOnce() -> String,
+        started: std::time::Instant,
+    ) -> Self {
+        match self {
+            Error::Cancelled => Error::deadline(what(), started),
+            other => other,
+        }
+    }
+
     pub(crate) fn json(path: impl AsRef<Path>, err: impl std::fmt::Display) -> Self {
         Error::Json {
             path: path.as_ref().to_path_buf(),

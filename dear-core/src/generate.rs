@@ -451,10 +451,9 @@ fn last_logits(
     let options = ForwardOptions::default()
         .with_adapter(adapter)
         .with_interrupt(late);
-    let out = match model.forward_with(batch, caches, Outputs::last_logits(), options) {
-        Err(Error::Cancelled) => return Err(Error::deadline("generation", started)),
-        other => other?,
-    };
+    let out = model
+        .forward_with(batch, caches, Outputs::last_logits(), options)
+        .map_err(|e| e.cancelled_as_deadline(|| "generation".into(), started))?;
     out.logits
         .ok_or_else(|| Error::InvalidArgument("the model returned no logits".into()))
 }

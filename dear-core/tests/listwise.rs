@@ -163,6 +163,28 @@ fn failures_keep_the_incoming_order() -> TestResult {
         "{:?}",
         out.failure
     );
+    // A deadline that passes during a window's passes (its prompt is ~500 tokens)
+    // stops every mode there, with the same outcome.
+    let docs = passages(20);
+    for mode in [
+        ListwiseMode::Generate,
+        ListwiseMode::Constrained,
+        ListwiseMode::FirstToken,
+    ] {
+        let r = ListwiseRanker::new(lm.clone(), None, config(mode, ListwisePrompt::RankLlm))?;
+        let soon = Instant::now() + std::time::Duration::from_millis(20);
+        let out = r.rank(
+            &Query::new("capital of France"),
+            &docs,
+            &ListwiseOptions::default().with_deadline(soon),
+        )?;
+        assert_eq!(out.order, (0..20).collect::<Vec<_>>(), "{mode:?}");
+        assert!(
+            matches!(out.failure, Some(StageFailure::Deadline { .. })),
+            "{mode:?}: {:?}",
+            out.failure
+        );
+    }
     // An adapter that is not loaded is refused up front.
     let err = ListwiseRanker::new(lm, Some("missing"), ListwiseConfig::default()).err();
     assert!(matches!(err, Some(Error::InvalidArgument(_))), "{err:?}");

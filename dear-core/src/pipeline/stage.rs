@@ -138,18 +138,16 @@ impl PointwiseStage for PointwiseScorer {
         let encoded = self.encode(query, passages)?;
         let tokens = encoded.tokens();
         let late = || deadline.is_some_and(|d| Instant::now() >= d);
-        let scores = match self.score_encoded(&[&encoded], &late) {
-            Ok(mut all) => all
-                .pop()
-                .ok_or_else(|| Error::Internal("no scores for the query".into()))?,
-            Err(Error::Cancelled) => {
-                return Err(Error::deadline(
-                    format!("pointwise scoring of {} passages", passages.len()),
+        let scores = self
+            .score_encoded(&[&encoded], &late)
+            .map_err(|e| {
+                e.cancelled_as_deadline(
+                    || format!("pointwise scoring of {} passages", passages.len()),
                     started,
-                ))
-            }
-            Err(e) => return Err(e),
-        };
+                )
+            })?
+            .pop()
+            .ok_or_else(|| Error::Internal("no scores for the query".into()))?;
         Ok(Scored { scores, tokens })
     }
 

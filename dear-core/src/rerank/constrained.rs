@@ -7,10 +7,8 @@
 //! optional bounded free reasoning section (`<think>…</think>`), then the ranking, one
 //! grammar-checked token at a time.
 
-use std::time::Instant;
-
 use crate::generate::{LogitsHook, NextToken};
-use crate::{Error, Tokenizer};
+use crate::Tokenizer;
 
 /// Checks prefixes of `[id] > [id] > …` for a window of `n` ids starting at `first`.
 #[derive(Clone, Debug)]
@@ -142,9 +140,10 @@ enum Phase {
 /// Then: without `<think>` in that text the model did not reason, and the hook stops
 /// with [`ConstrainedHook::restart`] set (generate again from the prompt with a hook
 /// of no reasoning bound); otherwise the text is kept as the reasoning, `</think>\n` is
-/// forced if it is not closed yet, and the ranking follows. The ranking checks the
-/// deadline before each token and stops when it is complete, when the output holds
-/// `budget` tokens, when the context is full, or when no token can continue it.
+/// forced if it is not closed yet, and the ranking follows. The ranking stops when it
+/// is complete, when the output holds `budget` tokens, when the context is full, or
+/// when no token can continue it (deadlines are the generation loop's: see
+/// [`GenerateOptions::with_deadline`](crate::GenerateOptions::with_deadline)).
 pub(crate) struct ConstrainedHook<'a> {
     grammar: RankingGrammar,
     /// Tokens that can write an answer, with their text.
@@ -171,10 +170,6 @@ pub(crate) struct Limits {
     pub(crate) budget: usize,
     /// Tokens the free reasoning section may take (0: none, the ranking starts at once).
     pub(crate) max_reasoning_tokens: usize,
-    /// When the ranking stops with [`Error::DeadlineExceeded`].
-    pub(crate) deadline: Option<Instant>,
-    /// When the listwise pass started (deadline errors report the time since).
-    pub(crate) started: Instant,
 }
 
 impl<'a> ConstrainedHook<'a> {
@@ -267,12 +262,6 @@ impl LogitsHook for ConstrainedHook<'_> {
             if let Some(action) = self.reasoning_step(generated)? {
                 return Ok(action);
             }
-        }
-        if self.limits.deadline.is_some_and(|d| Instant::now() >= d) {
-            return Err(Error::deadline(
-                "constrained listwise generation",
-                self.limits.started,
-            ));
         }
         if self.grammar.check(&self.answer) == Progress::Complete
             || generated.len() >= self.limits.budget

@@ -349,20 +349,17 @@ impl ListwiseRanker {
                 if let Some(d) = deadline {
                     opts = opts.with_deadline(d);
                 }
-                let mut stop_early = |_: usize, _: u32| deadline.is_none_or(|d| Instant::now() < d);
+                // `with_deadline` is checked before each step and between layers.
                 let out = generate(
                     self.lm.llama(),
                     &[prompt],
                     &opts,
                     self.lm.tokenizer().end_token_ids(),
-                    &mut stop_early,
+                    &mut |_, _| true,
                 )
                 .map_err(|e| listwise_deadline(e, started))?
                 .pop()
                 .ok_or_else(|| Error::Internal("generation returned nothing".into()))?;
-                if out.finish == crate::FinishReason::Cancelled {
-                    return Err(Error::deadline("listwise generation", started));
-                }
                 report.generated_tokens = out.tokens.len();
                 report.raw = self.lm.tokenizer().decode(&out.tokens, true)?;
                 let parsed = parse_ranking(&report.raw, n, base);
@@ -398,19 +395,20 @@ impl ListwiseRanker {
         let mut batch = Batch::new();
         batch.push(tokens, cache.len())?;
         let late = || deadline.is_some_and(|d| Instant::now() >= d);
-        let out = match self.lm.llama().forward_with(
-            &batch,
-            std::slice::from_mut(cache),
-            Outputs::last_logits(),
-            ForwardOptions::default()
-                .with_adapter(self.adapter)
-                .with_interrupt(&late),
-        ) {
-            Err(Error::Cancelled) => {
-                return Err(Error::deadline("listwise first-token scoring", started))
-            }
-            other => other?,
-        };
+        let out = self
+            .lm
+            .llama()
+            .forward_with(
+                &batch,
+                std::slice::from_mut(cache),
+                Outputs::last_logits(),
+                ForwardOptions::default()
+                    .with_adapter(self.adapter)
+                    .with_interrupt(&late),
+            )
+            .map_err(|e| {
+                e.cancelled_as_deadline(|| "listwise first-token scoring".into(), started)
+            })?;
         let logits = out
             .logits
             .ok_or_else(|| Error::Internal("the forward pass returned no logits".into()))?;
@@ -451,8 +449,6 @@ impl ListwiseRanker {
                 context: ctx,
                 budget,
                 max_reasoning_tokens,
-                deadline,
-                started,
             };
             let grammar = RankingGrammar::new(n, first);
             let mut hook = ConstrainedHook::new(grammar, &vocab.tokens, tok, limits);
