@@ -380,14 +380,17 @@ impl PointwiseScorer {
     }
 
     /// Scores several encoded queries together: all their passages are packed into
-    /// shared batches. `cancelled` is polled between batches and layers.
+    /// shared batches. `cancelled` is polled between batches and layers; once it is
+    /// true the call ends with [`Error::Cancelled`].
     pub(crate) fn score_encoded(
         &self,
         queries: &[&EncodedQuery],
         cancelled: &(dyn Fn() -> bool + Sync),
     ) -> crate::Result<Vec<Vec<f32>>> {
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); queries.len()];
-        self.score_encoded_each(queries, cancelled, &mut |qi, scores| out[qi] = scores)?;
+        self.score_encoded_each(queries, &|_| cancelled(), &mut |qi, scores| {
+            out[qi] = scores
+        })?;
         Ok(out)
     }
 
@@ -395,10 +398,16 @@ impl PointwiseScorer {
     /// the queries in the order given (a batch may end one query and start the next),
     /// and hands each query's scores to `done` as soon as its last passage is scored:
     /// calls packed together share batches, and the first ones are answered first.
+    ///
+    /// `cancelled(query)` says that a query's caller gave up: its passages not yet
+    /// scored are dropped from the batches still to form, and a pass whose queries all
+    /// gave up stops at the next layer, while the other queries go on. Such a query
+    /// never reaches `done`, and the call then ends with [`Error::Cancelled`] (after
+    /// every other query has been answered).
     pub(crate) fn score_encoded_each(
         &self,
         queries: &[&EncodedQuery],
-        cancelled: &(dyn Fn() -> bool + Sync),
+        cancelled: &(dyn Fn(usize) -> bool + Sync),
         done: &mut dyn FnMut(usize, Vec<f32>),
     ) -> crate::Result<()> {
         let mut out: Vec<Vec<f32>> = queries
@@ -439,20 +448,35 @@ impl PointwiseScorer {
             Vec::new()
         };
         let mut start = 0;
+        let mut chunk = Vec::new();
         while start < items.len() {
-            if cancelled() {
-                return Err(Error::Cancelled);
-            }
-            let mut end = start;
+            // The next batch, without the passages of queries whose callers gave up.
+            chunk.clear();
             let mut tokens = 0;
-            while end < items.len()
-                && (end == start || tokens + items[end].2 <= self.config.max_batch_tokens)
-            {
-                tokens += items[end].2;
-                end += 1;
+            while let Some(&(qi, pi, len)) = items.get(start) {
+                if cancelled(qi) {
+                    start += 1;
+                    continue;
+                }
+                if !chunk.is_empty() && tokens + len > self.config.max_batch_tokens {
+                    break;
+                }
+                tokens += len;
+                chunk.push((qi, pi, len));
+                start += 1;
             }
-            let chunk = &items[start..end];
-            let scores = self.run_batch(queries, &prefixes, chunk, cancelled)?;
+            if chunk.is_empty() {
+                break;
+            }
+            // Items are grouped by query: its queries are the distinct runs.
+            let mut in_chunk: Vec<usize> = chunk.iter().map(|&(qi, _, _)| qi).collect();
+            in_chunk.dedup();
+            let all_gave_up = || in_chunk.iter().all(|&qi| cancelled(qi));
+            let scores = match self.run_batch(queries, &prefixes, &chunk, &all_gave_up) {
+                // Every query of this batch gave up during the pass: go on with the rest.
+                Err(Error::Cancelled) => continue,
+                other => other?,
+            };
             if let Some((k, s)) = scores.iter().enumerate().find(|(_, s)| !s.is_finite()) {
                 let (qi, pi, _) = chunk[k];
                 return Err(Error::NonFinite(format!(
@@ -466,7 +490,9 @@ impl PointwiseScorer {
                     done(qi, std::mem::take(&mut out[qi]));
                 }
             }
-            start = end;
+        }
+        if left.iter().any(|&n| n > 0) {
+            return Err(Error::Cancelled);
         }
         Ok(())
     }
@@ -580,4 +606,67 @@ pub(crate) fn encode_dear(
         })
         .collect::<crate::Result<Vec<_>>>()?;
     Ok(EncodedQuery { prefix, suffixes })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    fn tiny_scorer() -> crate::Result<PointwiseScorer> {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/lora/tiny-seqcls");
+        let lm = LanguageModel::load(&dir, &crate::LoadOptions::default())?;
+        // Small batches, so that each query takes several.
+        let config = PointwiseConfig {
+            max_batch_tokens: 64,
+            ..PointwiseConfig::classifier()
+        };
+        PointwiseScorer::new(Arc::new(lm), None, config)
+    }
+
+    fn passages(tag: &str) -> Vec<Passage> {
+        (0..6)
+            .map(|i| Passage::new(format!("{tag} passage {i} about rain and clouds")))
+            .collect()
+    }
+
+    /// A query whose caller gave up loses its unscored passages; the queries packed
+    /// with it are still scored, exactly as alone, and the call reports the drop.
+    #[test]
+    fn a_query_that_gave_up_is_dropped_and_the_others_go_on() -> crate::Result<()> {
+        let scorer = tiny_scorer()?;
+        let a = scorer.encode(&Query::new("why does it rain"), &passages("first"))?;
+        let b = scorer.encode(&Query::new("what are clouds"), &passages("second"))?;
+        let c = scorer.encode(&Query::new("where is paris"), &passages("third"))?;
+        let alone = |q: &EncodedQuery| scorer.score_encoded(&[q], &|| false);
+        let (b_alone, c_alone) = (alone(&b)?.remove(0), alone(&c)?.remove(0));
+
+        // `a` gave up before anything ran, `c` after `b` was answered.
+        let c_gave_up = AtomicBool::new(false);
+        let gave_up = |qi: usize| qi == 0 || (qi == 2 && c_gave_up.load(Ordering::Relaxed));
+        let mut answers = Vec::new();
+        let result = scorer.score_encoded_each(&[&a, &b, &c], &gave_up, &mut |qi, s| {
+            if qi == 1 {
+                c_gave_up.store(true, Ordering::Relaxed);
+            }
+            answers.push((qi, s));
+        });
+        assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
+        assert_eq!(answers, vec![(1, b_alone.clone())]);
+
+        // Nobody gave up: everyone is answered, in order, with the scores alone.
+        let mut answers = Vec::new();
+        scorer.score_encoded_each(&[&b, &c], &|_| false, &mut |qi, s| answers.push((qi, s)))?;
+        assert_eq!(answers, vec![(0, b_alone), (1, c_alone)]);
+
+        // Everybody gave up: nothing runs.
+        let mut answers = Vec::new();
+        let result =
+            scorer.score_encoded_each(&[&b, &c], &|_| true, &mut |qi, s| answers.push((qi, s)));
+        assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
+        assert!(answers.is_empty());
+        Ok(())
+    }
 }

@@ -3,7 +3,8 @@
 //! batch is formed are packed together, so N threads calling at once share batches
 //! (and finish sooner than N calls in a row). A call can carry a deadline; when it
 //! passes, the caller gets [`Error::DeadlineExceeded`] at once and the scheduler drops
-//! the call's remaining work before its next batch.
+//! the call's remaining work before its next batch, while the other calls of its
+//! round go on.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -207,10 +208,11 @@ fn run(scorer: &PointwiseScorer, receiver: &Receiver<Job>, counters: &Counters) 
             .passages
             .fetch_add(passages as u64, Ordering::Relaxed);
         let flags: Vec<Arc<AtomicBool>> = jobs.iter().map(|j| j.cancelled.clone()).collect();
-        let all_cancelled = || flags.iter().all(|f| f.load(Ordering::Relaxed));
-        // Each call is answered as soon as its own passages are scored.
+        let gave_up = |qi: usize| flags[qi].load(Ordering::Relaxed);
+        // Each call is answered as soon as its own passages are scored; the work left
+        // for a call that gave up is dropped, and the others go on.
         let mut answered = vec![false; jobs.len()];
-        let result = scorer.score_encoded_each(&encoded, &all_cancelled, &mut |qi, s| {
+        let result = scorer.score_encoded_each(&encoded, &gave_up, &mut |qi, s| {
             answered[qi] = true;
             let _ = jobs[qi].reply.send(Ok(s));
         });
