@@ -511,6 +511,19 @@ fn bad_docs_name_the_line() -> TestResult {
     Ok(())
 }
 
+/// `dear score` on the tiny classifier: its stdout (a table, or JSON with `json`).
+fn tiny_score(docs: &Path, json: bool) -> Result<String, Box<dyn std::error::Error>> {
+    let mut cmd = dear();
+    cmd.args(["score", "--query", QUERY, "--model"])
+        .arg(lora_fixture("tiny-seqcls"))
+        .arg("--docs")
+        .arg(docs);
+    if json {
+        cmd.arg("--json");
+    }
+    run_ok(&mut cmd)
+}
+
 #[test]
 fn empty_docs_print_nothing() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -519,25 +532,8 @@ fn empty_docs_print_nothing() -> TestResult {
         ("blank.jsonl", &b"\n  \n\r\n"[..]),
     ] {
         let docs = write_docs(dir.path(), name, content)?;
-        let run = |json: bool| -> Result<String, Box<dyn std::error::Error>> {
-            let mut cmd = dear();
-            cmd.args(["score", "--query", QUERY, "--model"])
-                .arg(lora_fixture("tiny-seqcls"))
-                .arg("--docs")
-                .arg(&docs);
-            if json {
-                cmd.arg("--json");
-            }
-            let out = cmd.output()?;
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            Ok(String::from_utf8(out.stdout)?)
-        };
-        assert_eq!(run(true)?.trim(), "[]", "{name}");
-        assert_eq!(run(false)?, "", "{name}");
+        assert_eq!(tiny_score(&docs, true)?.trim(), "[]", "{name}");
+        assert_eq!(tiny_score(&docs, false)?, "", "{name}");
     }
     Ok(())
 }
@@ -1432,6 +1428,33 @@ fn table_output_escapes_control_and_bidi_characters() -> TestResult {
     );
     let json: serde_json::Value = serde_json::from_str(&search(true)?)?;
     assert_eq!(json["hits"][0]["passage"]["text"], hostile);
+    Ok(())
+}
+
+/// Ids are table cells too: `dear score` escapes them, and an id longer than its
+/// column is cut with an ellipsis in the table but kept whole in `--json`.
+#[test]
+fn table_ids_are_escaped_and_fit_their_column() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let long = format!("doc-{}", "x".repeat(80));
+    let docs = [
+        serde_json::json!({"_id": "id\u{1b}[31m\u{202e}", "text": "Rain forms when droplets coalesce."}),
+        serde_json::json!({"_id": long, "text": "Clouds hold water vapour."}),
+    ]
+    .iter()
+    .map(|d| format!("{d}\n"))
+    .collect::<String>();
+    let docs = write_docs(dir.path(), "docs.jsonl", docs.as_bytes())?;
+    let table = tiny_score(&docs, false)?;
+    for raw in ['\u{1b}', '\u{202e}'] {
+        assert!(!table.contains(raw), "raw {raw:?} in\n{table}");
+    }
+    assert!(table.contains("id\\u{1b}[31m\\u{202e}"), "{table}");
+    assert!(!table.contains(&long), "{table}");
+    let cut: String = long.chars().take(31).collect();
+    assert!(table.contains(&format!("{cut}… ")), "{table}");
+    let rows = tiny_score(&docs, true)?;
+    assert!(rows.contains(&long), "{rows}");
     Ok(())
 }
 

@@ -384,7 +384,7 @@ fn score(args: &ScoreArgs) -> anyhow::Result<()> {
             "{:>4}  {:>10.4}  {:<id_width$}  {}",
             rank + 1,
             scores[i],
-            p.id.as_deref().unwrap_or("-"),
+            id_cell(p.id.as_deref(), id_width),
             p.one_line(60)
         )?;
     }
@@ -535,7 +535,7 @@ fn listwise(args: &ListwiseArgs) -> anyhow::Result<()> {
             "{:>4}  {:>5}  {:<id_width$}  {}",
             rank + 1,
             i,
-            p.id.as_deref().unwrap_or("-"),
+            id_cell(p.id.as_deref(), id_width),
             p.one_line(60)
         )?;
     }
@@ -681,6 +681,18 @@ fn main() -> ExitCode {
 }
 
 /// The width of the id column of a table: the longest id, between 2 and `max` characters.
+/// A passage id as a table cell of `width` characters: escaped for the terminal, `-`
+/// when there is none, cut with an ellipsis when longer (JSON output keeps ids whole).
+fn id_cell(id: Option<&str>, width: usize) -> String {
+    let safe = dear::dear_core::corpus::terminal_safe(id.unwrap_or("-"));
+    if safe.chars().count() <= width {
+        return safe.into_owned();
+    }
+    let mut cut: String = safe.chars().take(width.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
 fn id_column_width<'a>(ids: impl IntoIterator<Item = Option<&'a str>>, max: usize) -> usize {
     ids.into_iter()
         .map(|id| {

@@ -14,9 +14,9 @@ use dear::dear_tantivy::{
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::id_column_width;
+use super::{id_cell, id_column_width};
 use crate::pipeline::PipelineArgs;
-use dear::dear_core::corpus::{one_line, terminal_safe};
+use dear::dear_core::corpus::one_line;
 
 // ---------------------------------------------------------------- index
 
@@ -281,7 +281,7 @@ pub fn search(args: &SearchArgs) -> anyhow::Result<()> {
             out,
             "{:>4}  {:<46}  {}",
             args.offset + rank + 1,
-            terminal_safe(p.id.as_deref().unwrap_or("")),
+            id_cell(p.id.as_deref(), 46),
             one_line(&p.text, 70)
         )?;
     }
@@ -331,7 +331,7 @@ pub(crate) fn print_table(out: &mut impl Write, hits: &[SearchHit]) -> anyhow::R
             out,
             "{:>4}  {:<idw$}  {moved:>11}  {:>7.3}  {pw:>9}  {fused_column}{:<9}  {:<40}  {}",
             h.final_rank,
-            terminal_safe(h.id()),
+            id_cell(h.passage.id.as_deref(), idw),
             h.first_score,
             h.placed_by.name(),
             one_line(h.passage.title.as_deref().unwrap_or("-"), 40),
