@@ -11,7 +11,8 @@
 //! - `--mode rss`: a mixed workload for `--minutes` (pointwise searches of several
 //!   candidate counts, pointwise + listwise searches, `Reranker::rank` calls, the cache
 //!   on and off, tiny deadlines, and bad inputs that must be refused), sampling VmRSS
-//!   every `--sample-secs` as CSV. It starts with a warm-up pass (every thread runs
+//!   and the C heap in use and held (glibc's `mallinfo2`) every `--sample-secs` as CSV.
+//!   glibc's arenas are capped at `--malloc-arenas` (2), as the `dear` binary does. It starts with a warm-up pass (every thread runs
 //!   each kind of operation at its largest size, all at once), then runs the mix.
 //!   Every `--idle-every` seconds the workers finish their operation and wait while
 //!   one idle sample is taken: the same state each time, with no operation's buffers
@@ -116,6 +117,10 @@ struct Args {
     /// buffers alive, the same state each time, which decides the verdict.
     #[arg(long, default_value_t = 120.0)]
     idle_every: f64,
+    /// glibc malloc arenas, set at startup as the `dear` binary does (0: glibc's
+    /// default of 8 per core; the MALLOC_ARENA_MAX environment variable wins).
+    #[arg(long, default_value_t = 2)]
+    malloc_arenas: usize,
 }
 
 fn default_dataset() -> PathBuf {
@@ -199,6 +204,13 @@ fn load(args: &Args, stages: Stages) -> anyhow::Result<(DearSetup, Arc<LanguageM
         started.elapsed().as_secs_f64()
     );
     Ok((setup, lm))
+}
+
+/// The C heap in use and held by the allocator, in KiB (`(0, 0)` off glibc). RSS
+/// minus the second is outside the C heap; a leak raises the first.
+fn heap_kib() -> (u64, u64) {
+    dear::dear_core::memory::heap_stats()
+        .map_or((0, 0), |h| (h.in_use_bytes / 1024, h.held_bytes / 1024))
 }
 
 fn vm_rss_kib() -> u64 {
@@ -824,7 +836,7 @@ fn rss_mode(args: &Args, dataset: &Path) -> anyhow::Result<bool> {
         }
         None => None,
     };
-    let header = format!("elapsed_s,rss_kib,{TALLY_HEADER},idle");
+    let header = format!("elapsed_s,rss_kib,{TALLY_HEADER},idle,heap_in_use_kib,heap_held_kib");
     println!("{header}");
     if let Some(f) = &mut csv {
         writeln!(f, "{header}")?;
@@ -847,6 +859,8 @@ fn rss_mode(args: &Args, dataset: &Path) -> anyhow::Result<bool> {
     let mut samples: Vec<(f64, u64)> = Vec::new();
     // Idle samples: every worker between two operations, waiting.
     let mut idle_samples: Vec<(f64, u64)> = Vec::new();
+    // The heap in use at each idle sample (KiB).
+    let mut idle_heap: Vec<u64> = Vec::new();
     let pause = AtomicBool::new(false);
     let idle = std::sync::atomic::AtomicUsize::new(0);
     // The warm-up pass: every thread runs each kind of operation at its largest size
@@ -903,7 +917,12 @@ fn rss_mode(args: &Args, dataset: &Path) -> anyhow::Result<bool> {
                 eprintln!("warm-up pass ended at {:.1} s", done as f64 / 1000.0);
             }
             samples.push((at.as_secs_f64(), rss));
-            let line = format!("{:.1},{rss},{},0", at.as_secs_f64(), tally.line());
+            let (in_use, held) = heap_kib();
+            let line = format!(
+                "{:.1},{rss},{},0,{in_use},{held}",
+                at.as_secs_f64(),
+                tally.line()
+            );
             println!("{line}");
             if let Some(f) = &mut csv {
                 writeln!(f, "{line}")?;
@@ -926,9 +945,11 @@ fn rss_mode(args: &Args, dataset: &Path) -> anyhow::Result<bool> {
                 std::thread::sleep(Duration::from_millis(500));
                 let at = started.elapsed().as_secs_f64();
                 let rss = vm_rss_kib();
+                let (in_use, held) = heap_kib();
                 pause.store(false, Ordering::Release);
                 idle_samples.push((at, rss));
-                let line = format!("{at:.1},{rss},{},1", tally.line());
+                idle_heap.push(in_use);
+                let line = format!("{at:.1},{rss},{},1,{in_use},{held}", tally.line());
                 println!("{line}");
                 if let Some(f) = &mut csv {
                     writeln!(f, "{line}")?;
@@ -1041,6 +1062,29 @@ fn rss_mode(args: &Args, dataset: &Path) -> anyhow::Result<bool> {
                 .join(" "),
             args.max_growth
         );
+        // The same comparison for the heap in use (glibc): flat while RSS grows means
+        // the allocator keeps freed memory; growing with it means live allocations.
+        let heap_after: Vec<u64> = idle_samples
+            .iter()
+            .zip(&idle_heap)
+            .filter(|(s, _)| s.0 >= from)
+            .map(|(_, &h)| h)
+            .collect();
+        if heap_after.iter().any(|&h| h > 0) {
+            let (first, last) = (
+                median3(&heap_after[..k]),
+                median3(&heap_after[heap_after.len() - k..]),
+            );
+            println!(
+                "rss: heap in use at the idle samples (KiB): {}; growth {:+.2} %",
+                heap_after
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                pct(first, last)
+            );
+        }
         idle_growth
     } else {
         growth
@@ -1052,6 +1096,13 @@ fn rss_mode(args: &Args, dataset: &Path) -> anyhow::Result<bool> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let arenas = if dear::dear_core::memory::limit_malloc_arenas(args.malloc_arenas) {
+        args.malloc_arenas.to_string()
+    } else {
+        std::env::var(dear::dear_core::memory::MALLOC_ARENA_MAX_ENV)
+            .map_or_else(|_| "glibc default".into(), |v| format!("{v} (environment)"))
+    };
+    println!("malloc arenas: {arenas}");
     let dataset = args.dataset.clone().unwrap_or_else(default_dataset);
     if args.model == "default" && !default_student_path().is_dir() {
         eprintln!("note: the default student is not installed; the yes/no prompt is used");

@@ -54,7 +54,7 @@ run() {
     echo "$name: FAIL ($((SECONDS - start)) s); see $out/$name.log and $out/$name.err" | tee -a "$out/summary.txt"
     status=1
   fi
-  grep -E '^(equal|serial reference|threaded|rss):' "$out/$name.log" | sed 's/^/  /' | tee -a "$out/summary.txt" || true
+  grep -E '^(equal|serial reference|threaded|rss|malloc arenas):' "$out/$name.log" | sed 's/^/  /' | tee -a "$out/summary.txt" || true
 }
 echo "== soak $(date -u +%FT%TZ): $parts" >>"$out/summary.txt"
 for part in $parts; do

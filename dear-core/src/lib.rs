@@ -41,6 +41,7 @@ pub mod kernels;
 mod language_model;
 mod loader;
 mod lora;
+pub mod memory;
 mod model;
 mod pipeline;
 mod rerank;
