@@ -11,9 +11,10 @@
 //! - `--mode rss`: a mixed workload for `--minutes` (pointwise searches of several
 //!   candidate counts, pointwise + listwise searches, `Reranker::rank` calls, the cache
 //!   on and off, tiny deadlines, and bad inputs that must be refused), sampling VmRSS
-//!   and the C heap in use and held (glibc's `mallinfo2`) every `--sample-secs` as CSV.
-//!   glibc's arenas are capped at `--malloc-arenas` (2), as the `dear` binary does. It starts with a warm-up pass (every thread runs
-//!   each kind of operation at its largest size, all at once), then runs the mix.
+//!   and the C heap in use and held (glibc's `mallinfo2`) every `--sample-secs` as CSV,
+//!   with glibc's arenas capped at `--malloc-arenas` (2), as the `dear` binary does.
+//!   It starts with a warm-up pass (every thread runs each kind of operation at its
+//!   largest size, all at once), then runs the mix.
 //!   Every `--idle-every` seconds the workers finish their operation and wait while
 //!   one idle sample is taken: the same state each time, with no operation's buffers
 //!   alive. The verdict compares the first idle samples after warm-up (the later of
@@ -858,9 +859,8 @@ fn rss_mode(args: &Args, dataset: &Path) -> anyhow::Result<bool> {
     let started = Instant::now();
     let mut samples: Vec<(f64, u64)> = Vec::new();
     // Idle samples: every worker between two operations, waiting.
-    let mut idle_samples: Vec<(f64, u64)> = Vec::new();
-    // The heap in use at each idle sample (KiB).
-    let mut idle_heap: Vec<u64> = Vec::new();
+    // (seconds, RSS, C heap in use), both in KiB.
+    let mut idle_samples: Vec<(f64, u64, u64)> = Vec::new();
     let pause = AtomicBool::new(false);
     let idle = std::sync::atomic::AtomicUsize::new(0);
     // The warm-up pass: every thread runs each kind of operation at its largest size
@@ -933,7 +933,9 @@ fn rss_mode(args: &Args, dataset: &Path) -> anyhow::Result<bool> {
             // a late pass or a slow wait never makes several in a row).
             let next_idle = idle_samples
                 .last()
-                .map_or(done as f64 / 1000.0, |s: &(f64, u64)| s.0 + args.idle_every);
+                .map_or(done as f64 / 1000.0, |s: &(f64, u64, u64)| {
+                    s.0 + args.idle_every
+                });
             if args.idle_every > 0.0 && done != u64::MAX && at.as_secs_f64() >= next_idle {
                 // Let every worker finish its operation, then sample the idle process.
                 pause.store(true, Ordering::Release);
@@ -947,8 +949,7 @@ fn rss_mode(args: &Args, dataset: &Path) -> anyhow::Result<bool> {
                 let rss = vm_rss_kib();
                 let (in_use, held) = heap_kib();
                 pause.store(false, Ordering::Release);
-                idle_samples.push((at, rss));
-                idle_heap.push(in_use);
+                idle_samples.push((at, rss, in_use));
                 let line = format!("{at:.1},{rss},{},1,{in_use},{held}", tally.line());
                 println!("{line}");
                 if let Some(f) = &mut csv {
@@ -1033,56 +1034,41 @@ fn rss_mode(args: &Args, dataset: &Path) -> anyhow::Result<bool> {
     // transient buffer freed): a leak, or an allocator that keeps more and more, raises
     // them. The verdict compares the first idle samples after the warm-up with the last
     // ones (the median of up to three each); without idle samples, the floors decide.
-    let idle_after: Vec<u64> = idle_samples
-        .iter()
-        .filter(|s| s.0 >= from)
-        .map(|s| s.1)
-        .collect();
-    let median3 = |w: &[u64]| {
-        let mut w = w.to_vec();
-        w.sort_unstable();
-        w[w.len() / 2]
+    let after: Vec<&(f64, u64, u64)> = idle_samples.iter().filter(|s| s.0 >= from).collect();
+    // The samples, and the growth from the median of the first (up to) three to the
+    // median of the last three.
+    let trend = |values: &[u64]| {
+        let k = (values.len() / 2).min(3);
+        let median = |w: &[u64]| {
+            let mut w = w.to_vec();
+            w.sort_unstable();
+            w[w.len() / 2]
+        };
+        let (first, last) = (median(&values[..k]), median(&values[values.len() - k..]));
+        let listed = values
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(" ");
+        (listed, first, last, pct(first, last))
     };
-    let decided = if idle_after.len() >= 4 {
-        let k = (idle_after.len() / 2).min(3);
-        let (first, last) = (
-            median3(&idle_after[..k]),
-            median3(&idle_after[idle_after.len() - k..]),
-        );
-        let idle_growth = pct(first, last);
+    let decided = if after.len() >= 4 {
+        let rss: Vec<u64> = after.iter().map(|s| s.1).collect();
+        let (listed, first, last, idle_growth) = trend(&rss);
         println!(
-            "rss: idle samples after warm-up ({} from {from:.0} s, every {:.0} s): {}; first \
-             {first} KiB, last {last} KiB: growth {idle_growth:+.2} % (limit {} %)",
-            idle_after.len(),
+            "rss: idle samples after warm-up ({} from {from:.0} s, every {:.0} s): {listed}; \
+             first {first} KiB, last {last} KiB: growth {idle_growth:+.2} % (limit {} %)",
+            after.len(),
             args.idle_every,
-            idle_after
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(" "),
             args.max_growth
         );
         // The same comparison for the heap in use (glibc): flat while RSS grows means
         // the allocator keeps freed memory; growing with it means live allocations.
-        let heap_after: Vec<u64> = idle_samples
-            .iter()
-            .zip(&idle_heap)
-            .filter(|(s, _)| s.0 >= from)
-            .map(|(_, &h)| h)
-            .collect();
-        if heap_after.iter().any(|&h| h > 0) {
-            let (first, last) = (
-                median3(&heap_after[..k]),
-                median3(&heap_after[heap_after.len() - k..]),
-            );
+        let heap: Vec<u64> = after.iter().map(|s| s.2).collect();
+        if heap.iter().any(|&h| h > 0) {
+            let (listed, _, _, heap_growth) = trend(&heap);
             println!(
-                "rss: heap in use at the idle samples (KiB): {}; growth {:+.2} %",
-                heap_after
-                    .iter()
-                    .map(u64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                pct(first, last)
+                "rss: heap in use at the idle samples (KiB): {listed}; growth {heap_growth:+.2} %"
             );
         }
         idle_growth

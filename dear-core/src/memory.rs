@@ -47,38 +47,31 @@ pub fn limit_malloc_arenas(max: usize) -> bool {
     let Ok(max) = i32::try_from(max) else {
         return false;
     };
-    set_arena_max(max)
-}
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn set_arena_max(max: i32) -> bool {
-    // SAFETY: mallopt only changes an allocator parameter; M_ARENA_MAX takes any
-    // positive value and is consulted when a thread next needs an arena.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, max) == 1 }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn set_arena_max(_max: i32) -> bool {
-    false
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only changes an allocator parameter; M_ARENA_MAX takes any
+        // positive value and is consulted when a thread next needs an arena.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, max) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = max;
+        false
+    }
 }
 
 /// The C heap now (glibc only; `None` elsewhere).
 pub fn heap_stats() -> Option<HeapStats> {
-    read_heap_stats()
-}
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn read_heap_stats() -> Option<HeapStats> {
-    // SAFETY: mallinfo2 takes no arguments and only reads the allocator's counters.
-    let m = unsafe { libc::mallinfo2() };
-    Some(HeapStats {
-        in_use_bytes: (m.uordblks + m.hblkhd) as u64,
-        held_bytes: (m.arena + m.hblkhd) as u64,
-    })
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn read_heap_stats() -> Option<HeapStats> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 takes no arguments and only reads the allocator's counters.
+        let m = unsafe { libc::mallinfo2() };
+        Some(HeapStats {
+            in_use_bytes: (m.uordblks + m.hblkhd) as u64,
+            held_bytes: (m.arena + m.hblkhd) as u64,
+        })
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     None
 }
 
